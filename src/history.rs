@@ -1,0 +1,177 @@
+//! The history of a run: every operation, in the order it happened, with its simulated time.
+//!
+//! The writer records commits (with write timestamp and visibility time), the publisher records
+//! every acknowledged record (partition, offset, relay incarnation), the runner records crashes,
+//! restarts and faults, and the cluster records generations. The checker reads nothing else. The
+//! history's [`digest`](History::digest) is the fingerprint of a run: same seed, same digest.
+
+use std::cell::{Ref, RefCell};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use crate::cdc::StreamId;
+use crate::model::{AggregateId, EventId, Timestamp};
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpKind {
+    /// A batch (order row + outbox row) was acknowledged to the writer.
+    Committed {
+        /// The outbox event id.
+        event: EventId,
+        /// Its aggregate.
+        aggregate: AggregateId,
+        /// Its per-aggregate sequence number.
+        seq: u64,
+        /// The write timestamp (= `created_at` = `cdc$time`).
+        write_ts: Timestamp,
+        /// When the write became readable.
+        visible_at: Timestamp,
+    },
+    /// A batch failed and was not applied.
+    WriteFailed {
+        /// The aggregate whose event was not written.
+        aggregate: AggregateId,
+        /// The sequence number the event would have had.
+        seq: u64,
+        /// Why.
+        error: String,
+    },
+    /// The broker acknowledged a record to the relay.
+    Published {
+        /// The event id (header `id`).
+        event: EventId,
+        /// The record key.
+        aggregate: AggregateId,
+        /// The event's sequence number.
+        seq: u64,
+        /// Partition written.
+        partition: u32,
+        /// Offset written.
+        offset: u64,
+        /// The relay incarnation (producer session) that published it.
+        incarnation: u32,
+    },
+    /// A publish returned an error to the relay (the record may still have been appended).
+    PublishFailed {
+        /// The event id.
+        event: EventId,
+        /// The relay incarnation.
+        incarnation: u32,
+        /// Whether the error was transient.
+        transient: bool,
+    },
+    /// A relay incarnation started (1 is the first start).
+    RelayStarted {
+        /// The new incarnation.
+        incarnation: u32,
+    },
+    /// A relay incarnation was dropped at an await point.
+    RelayCrashed {
+        /// The crashed incarnation.
+        incarnation: u32,
+    },
+    /// A relay incarnation returned on its own.
+    RelayExited {
+        /// The incarnation.
+        incarnation: u32,
+        /// Its error, if it returned one.
+        error: Option<String>,
+    },
+    /// A checkpoint write reached the cluster.
+    CheckpointSaved {
+        /// What was saved.
+        what: CheckpointWhat,
+        /// The saved position.
+        position: Timestamp,
+    },
+    /// A topology change announced a new CDC generation.
+    GenerationCreated {
+        /// When it starts operating.
+        start: Timestamp,
+        /// Its number of streams.
+        streams: usize,
+    },
+    /// A fault was switched on or off.
+    Fault {
+        /// The fault's name.
+        name: String,
+        /// On or off.
+        on: bool,
+    },
+}
+
+/// Which checkpoint row was saved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointWhat {
+    /// The polling relay's cursor.
+    Cursor,
+    /// The stream reader's generation row.
+    Generation,
+    /// One stream's progress.
+    Stream(StreamId),
+}
+
+/// One history entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Op {
+    /// Simulated time of the operation.
+    pub at: Timestamp,
+    /// The operation.
+    #[serde(flatten)]
+    pub kind: OpKind,
+}
+
+/// A shared, append-only history (clones append to the same log).
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    ops: Rc<RefCell<Vec<Op>>>,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an operation. Times never go backwards.
+    pub fn record(&self, at: Timestamp, kind: OpKind) {
+        let mut ops = self.ops.borrow_mut();
+        if let Some(last) = ops.last() {
+            assert!(
+                at >= last.at,
+                "history time went backwards: {at} after {}",
+                last.at
+            );
+        }
+        ops.push(Op { at, kind });
+    }
+
+    /// All operations so far.
+    pub fn ops(&self) -> Ref<'_, Vec<Op>> {
+        self.ops.borrow()
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.borrow().len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.ops.borrow().is_empty()
+    }
+
+    /// A 64-bit FNV-1a fingerprint of every operation in order.
+    pub fn digest(&self) -> u64 {
+        let mut h = fnv::FnvHasher::default();
+        for op in self.ops.borrow().iter() {
+            op.hash(&mut h);
+        }
+        h.finish()
+    }
+}

@@ -1,0 +1,14 @@
+//! outbox-sim: the transactional-outbox pipeline on ScyllaDB CDC and Kafka, and a deterministic
+//! harness that measures and breaks it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+pub mod cdc;
+pub mod history;
+pub mod model;
+pub mod ports;
+pub mod scenario;
+pub mod seed;
+pub mod sim;
+pub mod writer;

@@ -1,0 +1,3 @@
+//! Scenarios: what a run does (workload, faults, durations), read from TOML.
+
+pub mod workload;

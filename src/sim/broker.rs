@@ -1,0 +1,439 @@
+//! The simulated Kafka/Redpanda broker: one topic, keyed partitioning, offsets, idempotent
+//! producer sessions, and injectable produce faults.
+//!
+//! Partitioning is Kafka's default for keyed records: `toPositive(murmur2(key)) % partitions`
+//! over the key's UTF-8 bytes. A [`SimProducer`] is one producer session (one producer id, as a
+//! relay incarnation has): it retries retriable errors internally until the delivery timeout,
+//! like librdkafka, and with idempotence on the broker drops a retried batch it already appended
+//! (same producer id, partition and sequence number). A new session has a new producer id, so a
+//! relay that re-sends after a restart appends again: the duplicate a crash explains.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::history::{History, OpKind};
+use crate::model::{AggregateId, OutboxEvent, Timestamp};
+use crate::ports::{Clock, Delivery, LocalFuture, PublishError, PublishErrorKind, Publisher};
+use crate::seed::SimRng;
+use crate::sim::scylla::ms;
+
+/// Kafka's `Utils.murmur2` (seed `0x9747b28c`), as the Java client's default partitioner uses it.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let len = data.len();
+    let mut h: u32 = 0x9747_b28c ^ (len as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// Kafka's default partition for a keyed record.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    assert!(partitions > 0, "a topic has at least one partition");
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions
+}
+
+/// The record key of an event: the aggregate id as text.
+pub fn record_key(aggregate: AggregateId) -> String {
+    aggregate.0.to_string()
+}
+
+/// Settings of the simulated broker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Topic partitions.
+    pub partitions: u32,
+    /// Time from produce to acknowledgement (acks=all).
+    pub ack_latency_ms: i64,
+    /// librdkafka `message.timeout.ms`: a record not acknowledged by then fails with a timeout.
+    pub delivery_timeout_ms: i64,
+    /// librdkafka `retry.backoff.ms`.
+    pub retry_backoff_ms: i64,
+    /// `enable.idempotence`.
+    pub idempotent: bool,
+}
+
+/// Default topic partitions.
+pub const DEFAULT_PARTITIONS: u32 = 6;
+/// Default acknowledgement latency.
+pub const DEFAULT_ACK_LATENCY_MS: i64 = 2;
+/// librdkafka's default `message.timeout.ms` (300 s).
+pub const DEFAULT_DELIVERY_TIMEOUT_MS: i64 = 300_000;
+/// librdkafka's default `retry.backoff.ms`.
+pub const DEFAULT_RETRY_BACKOFF_MS: i64 = 100;
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            partitions: DEFAULT_PARTITIONS,
+            ack_latency_ms: DEFAULT_ACK_LATENCY_MS,
+            delivery_timeout_ms: DEFAULT_DELIVERY_TIMEOUT_MS,
+            retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
+            idempotent: true,
+        }
+    }
+}
+
+/// Injected broker faults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BrokerFaults {
+    /// The broker is down: every attempt fails and is retried.
+    pub down: bool,
+    /// Probability that an attempt fails retriably before anything is appended.
+    pub retriable_error_probability: f64,
+    /// Probability that an attempt is appended but its acknowledgement is lost (the client
+    /// retries; only idempotence prevents a duplicate).
+    pub lost_ack_probability: f64,
+    /// Probability that an attempt fails fatally.
+    pub fatal_error_probability: f64,
+    /// Extra acknowledgement latency.
+    pub slow_ack_ms: i64,
+}
+
+/// One appended record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Offset in its partition.
+    pub offset: u64,
+    /// Record key (`aggregate_id` as text).
+    pub key: String,
+    /// Headers; `id` holds the event id.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The event (the value).
+    pub value: OutboxEvent,
+    /// Broker append time (`LogAppendTime`).
+    pub append_time: Timestamp,
+    /// Producer id of the session that appended it.
+    pub producer_id: u64,
+}
+
+#[derive(Debug)]
+struct BrokerState {
+    config: BrokerConfig,
+    partitions: Vec<Vec<Record>>,
+    /// Last sequence numbers appended per (producer id, partition), with their offsets (Kafka
+    /// keeps five batches of state per producer and partition).
+    recent: BTreeMap<(u64, u32), VecDeque<(u64, u64)>>,
+    next_producer_id: u64,
+    faults: BrokerFaults,
+    rng: SimRng,
+}
+
+/// The simulated broker: a shared handle.
+#[derive(Clone, Debug)]
+pub struct SimBroker {
+    state: Rc<RefCell<BrokerState>>,
+}
+
+enum Attempt {
+    Appended(Delivery),
+    Retry,
+    Fatal(String),
+}
+
+impl SimBroker {
+    /// A broker with one topic. `config` must have been validated.
+    pub fn new(config: BrokerConfig, rng: SimRng) -> Self {
+        let partitions = (0..config.partitions).map(|_| Vec::new()).collect();
+        SimBroker {
+            state: Rc::new(RefCell::new(BrokerState {
+                config,
+                partitions,
+                recent: BTreeMap::new(),
+                next_producer_id: 1,
+                faults: BrokerFaults::default(),
+                rng,
+            })),
+        }
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> BrokerConfig {
+        self.state.borrow().config.clone()
+    }
+
+    /// Current faults.
+    pub fn faults(&self) -> BrokerFaults {
+        self.state.borrow().faults.clone()
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: BrokerFaults) {
+        self.state.borrow_mut().faults = faults;
+    }
+
+    /// Takes the broker down or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.borrow_mut().faults.down = down;
+    }
+
+    /// A new producer session (new producer id) publishing on `clock`, recording acknowledged
+    /// records in `history` under `incarnation`.
+    pub fn producer(
+        &self,
+        clock: Rc<dyn Clock>,
+        history: History,
+        incarnation: u32,
+    ) -> SimProducer {
+        let id = {
+            let mut s = self.state.borrow_mut();
+            s.next_producer_id += 1;
+            s.next_producer_id - 1
+        };
+        SimProducer {
+            broker: self.clone(),
+            clock,
+            history,
+            incarnation,
+            producer_id: id,
+            next_seq: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// A copy of one partition's records.
+    pub fn partition(&self, p: u32) -> Vec<Record> {
+        self.state.borrow().partitions[p as usize].clone()
+    }
+
+    /// Records in every partition.
+    pub fn len(&self) -> usize {
+        self.state.borrow().partitions.iter().map(Vec::len).sum()
+    }
+
+    /// Whether the topic is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn attempt(
+        &self,
+        producer_id: u64,
+        partition: u32,
+        seq: u64,
+        event: &OutboxEvent,
+        now: Timestamp,
+    ) -> (Attempt, bool) {
+        let mut s = self.state.borrow_mut();
+        let s = &mut *s;
+        if s.faults.down {
+            return (Attempt::Retry, false);
+        }
+        if s.faults.fatal_error_probability > 0.0
+            && s.rng.random_bool(s.faults.fatal_error_probability.min(1.0))
+        {
+            return (Attempt::Fatal("MSG_SIZE_TOO_LARGE".into()), false);
+        }
+        if s.faults.retriable_error_probability > 0.0
+            && s.rng
+                .random_bool(s.faults.retriable_error_probability.min(1.0))
+        {
+            return (Attempt::Retry, false);
+        }
+        let lost_ack = s.faults.lost_ack_probability > 0.0
+            && s.rng.random_bool(s.faults.lost_ack_probability.min(1.0));
+        if s.config.idempotent {
+            if let Some(recent) = s.recent.get(&(producer_id, partition)) {
+                if let Some(&(_, offset)) = recent.iter().find(|(q, _)| *q == seq) {
+                    // A retry of a batch this session already appended: acknowledged, not appended.
+                    let d = Delivery { partition, offset };
+                    return (
+                        if lost_ack {
+                            Attempt::Retry
+                        } else {
+                            Attempt::Appended(d)
+                        },
+                        false,
+                    );
+                }
+            }
+        }
+        let part = &mut s.partitions[partition as usize];
+        let offset = part.len() as u64;
+        part.push(Record {
+            offset,
+            key: record_key(event.aggregate_id),
+            headers: vec![("id".to_string(), event.id.0.to_string().into_bytes())],
+            value: event.clone(),
+            append_time: now,
+            producer_id,
+        });
+        let recent = s.recent.entry((producer_id, partition)).or_default();
+        recent.push_back((seq, offset));
+        if recent.len() > 5 {
+            recent.pop_front();
+        }
+        let d = Delivery { partition, offset };
+        (
+            if lost_ack {
+                Attempt::Retry
+            } else {
+                Attempt::Appended(d)
+            },
+            true,
+        )
+    }
+}
+
+/// One producer session; a relay incarnation's [`Publisher`].
+pub struct SimProducer {
+    broker: SimBroker,
+    clock: Rc<dyn Clock>,
+    history: History,
+    incarnation: u32,
+    producer_id: u64,
+    next_seq: RefCell<BTreeMap<u32, u64>>,
+}
+
+impl std::fmt::Debug for SimProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimProducer")
+            .field("producer_id", &self.producer_id)
+            .field("incarnation", &self.incarnation)
+            .finish()
+    }
+}
+
+impl SimProducer {
+    /// The session's producer id.
+    pub fn producer_id(&self) -> u64 {
+        self.producer_id
+    }
+
+    async fn send(&self, event: &OutboxEvent) -> Result<Delivery, PublishError> {
+        let cfg = self.broker.config();
+        let key = record_key(event.aggregate_id);
+        let partition = partition_for(key.as_bytes(), cfg.partitions);
+        let seq = {
+            let mut seqs = self.next_seq.borrow_mut();
+            let s = seqs.entry(partition).or_insert(0);
+            *s += 1;
+            *s
+        };
+        let deadline = self.clock.now() + ms(cfg.delivery_timeout_ms);
+        loop {
+            let now = self.clock.now();
+            let (attempt, _) = self
+                .broker
+                .attempt(self.producer_id, partition, seq, event, now);
+            match attempt {
+                Attempt::Appended(d) => {
+                    let slow = self.broker.faults().slow_ack_ms;
+                    self.clock.sleep(ms(cfg.ack_latency_ms) + ms(slow)).await;
+                    self.history.record(
+                        self.clock.now(),
+                        OpKind::Published {
+                            event: event.id,
+                            aggregate: event.aggregate_id,
+                            seq: event.seq,
+                            partition: d.partition,
+                            offset: d.offset,
+                            incarnation: self.incarnation,
+                        },
+                    );
+                    return Ok(d);
+                }
+                Attempt::Fatal(why) => {
+                    self.clock.sleep(ms(cfg.ack_latency_ms)).await;
+                    self.history.record(
+                        self.clock.now(),
+                        OpKind::PublishFailed {
+                            event: event.id,
+                            incarnation: self.incarnation,
+                            transient: false,
+                        },
+                    );
+                    return Err(PublishError {
+                        event: event.id,
+                        kind: PublishErrorKind::Fatal(why),
+                    });
+                }
+                Attempt::Retry => {
+                    if self.clock.now() + ms(cfg.retry_backoff_ms) >= deadline {
+                        self.clock
+                            .sleep(deadline.saturating_since(self.clock.now()))
+                            .await;
+                        self.history.record(
+                            self.clock.now(),
+                            OpKind::PublishFailed {
+                                event: event.id,
+                                incarnation: self.incarnation,
+                                transient: true,
+                            },
+                        );
+                        return Err(PublishError {
+                            event: event.id,
+                            kind: PublishErrorKind::Timeout,
+                        });
+                    }
+                    self.clock.sleep(ms(cfg.retry_backoff_ms)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Publisher for SimProducer {
+    fn publish<'a>(
+        &'a self,
+        event: &'a OutboxEvent,
+    ) -> LocalFuture<'a, Result<Delivery, PublishError>> {
+        Box::pin(self.send(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors from Apache Kafka's `UtilsTest.testMurmur2` (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java),
+    /// the Java client's own test of the partitioner hash.
+    #[test]
+    fn murmur2_matches_kafka_java_client() {
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ];
+        for (key, hash) in cases {
+            assert_eq!(murmur2(key.as_bytes()), hash, "key {key}");
+        }
+        // Partition = toPositive(hash) % n, e.g. "foobar" → (-790332482 & 0x7fffffff) % 6.
+        assert_eq!(
+            partition_for(b"foobar", 6),
+            ((-790_332_482i32 & 0x7fff_ffff) as u32) % 6
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The virtual clock and its timer queue.
+//!
+//! [`SimClock`] owns simulated time. Sleeping registers a timer; nothing moves time except
+//! [`SimClock::advance`], which the executor calls only when no task is runnable. Timers that
+//! share a deadline fire in registration order, so wake-ups are a pure function of the program.
+//! Every timer remembers the label of the task that armed it, so a hang can name who was
+//! waiting.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::model::Timestamp;
+use crate::ports::{Clock, LocalFuture};
+
+struct Timer {
+    deadline: Timestamp,
+    waker: Waker,
+    label: Rc<str>,
+}
+
+struct State {
+    now: Timestamp,
+    next_id: u64,
+    queue: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    armed: BTreeMap<u64, Timer>,
+    current_label: Rc<str>,
+}
+
+/// Simulated time: a shared handle (clones see the same clock).
+#[derive(Clone)]
+pub struct SimClock {
+    state: Rc<RefCell<State>>,
+}
+
+impl std::fmt::Debug for SimClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.state.borrow();
+        f.debug_struct("SimClock")
+            .field("now", &s.now)
+            .field("armed", &s.armed.len())
+            .finish()
+    }
+}
+
+impl SimClock {
+    /// A clock reading `start`, with no timers.
+    pub fn new(start: Timestamp) -> Self {
+        SimClock {
+            state: Rc::new(RefCell::new(State {
+                now: start,
+                next_id: 0,
+                queue: BinaryHeap::new(),
+                armed: BTreeMap::new(),
+                current_label: Rc::from("main"),
+            })),
+        }
+    }
+
+    /// The current simulated time.
+    pub fn now(&self) -> Timestamp {
+        self.state.borrow().now
+    }
+
+    /// A future completing at `deadline` (immediately if it has passed).
+    pub fn sleep_until(&self, deadline: Timestamp) -> Sleep {
+        Sleep {
+            clock: self.clone(),
+            deadline,
+            id: None,
+        }
+    }
+
+    /// Deadline of the earliest armed timer.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        let mut s = self.state.borrow_mut();
+        while let Some(Reverse((deadline, id))) = s.queue.peek().copied() {
+            if s.armed.contains_key(&id) {
+                return Some(deadline);
+            }
+            s.queue.pop(); // cancelled: its Sleep was dropped
+        }
+        None
+    }
+
+    /// Moves time to the earliest armed deadline, if it is not after `limit`, and wakes every
+    /// timer due by then in (deadline, arming order). Returns the new time, or `None` when no
+    /// timer is due by `limit` (time then stays put).
+    pub fn advance(&self, limit: Timestamp) -> Option<Timestamp> {
+        let next = self.next_deadline()?;
+        if next > limit {
+            return None;
+        }
+        let mut due = Vec::new();
+        {
+            let mut s = self.state.borrow_mut();
+            assert!(next >= s.now, "timer deadline {next} before now {}", s.now);
+            s.now = next;
+            while let Some(Reverse((deadline, id))) = s.queue.peek().copied() {
+                if deadline > next {
+                    break;
+                }
+                s.queue.pop();
+                if let Some(t) = s.armed.remove(&id) {
+                    due.push(t.waker);
+                }
+            }
+        }
+        for w in due {
+            w.wake();
+        }
+        Some(next)
+    }
+
+    /// Sets the time forward to `t` without firing anything (used when a run stops at a deadline
+    /// with no timer exactly there). Panics if a timer is due before `t`.
+    pub fn jump_to(&self, t: Timestamp) {
+        if let Some(next) = self.next_deadline() {
+            assert!(next >= t, "jump_to({t}) would skip a timer due at {next}");
+        }
+        let mut s = self.state.borrow_mut();
+        assert!(t >= s.now, "time cannot go backwards: {t} < {}", s.now);
+        s.now = t;
+    }
+
+    /// Armed timers as `(deadline, label of the task that armed it)`, earliest first.
+    pub fn armed_timers(&self) -> Vec<(Timestamp, String)> {
+        let s = self.state.borrow();
+        let mut v: Vec<_> = s
+            .armed
+            .values()
+            .map(|t| (t.deadline, t.label.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Labels timers armed from now on (the executor sets this around each task poll).
+    pub(crate) fn set_current_label(&self, label: Rc<str>) -> Rc<str> {
+        std::mem::replace(&mut self.state.borrow_mut().current_label, label)
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Timestamp {
+        SimClock::now(self)
+    }
+
+    fn sleep(&self, d: Duration) -> LocalFuture<'static, ()> {
+        let deadline = self.now() + d;
+        Box::pin(self.sleep_until(deadline))
+    }
+}
+
+/// The future returned by [`SimClock::sleep_until`]; dropping it disarms its timer.
+#[derive(Debug)]
+pub struct Sleep {
+    clock: SimClock,
+    deadline: Timestamp,
+    id: Option<u64>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let mut s = this.clock.state.borrow_mut();
+        if s.now >= this.deadline {
+            if let Some(id) = this.id.take() {
+                s.armed.remove(&id);
+            }
+            return Poll::Ready(());
+        }
+        match this.id {
+            Some(id) => {
+                if let Some(t) = s.armed.get_mut(&id) {
+                    t.waker.clone_from(cx.waker());
+                }
+            }
+            None => {
+                let id = s.next_id;
+                s.next_id += 1;
+                let label = s.current_label.clone();
+                s.armed.insert(
+                    id,
+                    Timer {
+                        deadline: this.deadline,
+                        waker: cx.waker().clone(),
+                        label,
+                    },
+                );
+                s.queue.push(Reverse((this.deadline, id)));
+                this.id = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            if let Ok(mut s) = self.clock.state.try_borrow_mut() {
+                s.armed.remove(&id);
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The order service: writes each order change and its outbox event as one logged batch.
+//!
+//! [`OrderWriter`] owns the per-aggregate sequence: the next event of an order gets `seq = last + 1`,
+//! and `last` advances only when the batch is acknowledged, so committed events of an aggregate
+//! are numbered 1, 2, 3… without gaps. A failed batch is reported (and recorded as
+//! `WriteFailed`), never half-applied: the store applies both rows or neither. Transient failures
+//! are retried with the same event id. Lifecycles are enforced:
+//! `OrderCreated → OrderPaid → OrderShipped`, or `OrderCancelled` after created or paid.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::history::{History, OpKind};
+use crate::model::{AggregateId, EventId, EventType, OutboxEvent, Timestamp};
+use crate::ports::{Clock, OrderBatch, OutboxStore, StoreError, WriteTimestamp};
+use crate::seed::{SimRng, uuid_v4};
+
+/// Default retries of a transiently failed batch.
+pub const DEFAULT_WRITE_RETRIES: u32 = 3;
+/// Default pause before retrying a failed batch.
+pub const DEFAULT_WRITE_RETRY_BACKOFF_MS: u64 = 100;
+
+/// How the writer stamps its batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Send `USING TIMESTAMP` from the writer's clock instead of letting the coordinator stamp.
+    pub client_timestamps: bool,
+    /// Offset of the writer's clock from true time, µs.
+    pub client_clock_skew_us: i64,
+    /// Retries after a transient failure.
+    pub retries: u32,
+    /// Pause between retries.
+    pub retry_backoff: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            client_timestamps: false,
+            client_clock_skew_us: 0,
+            retries: DEFAULT_WRITE_RETRIES,
+            retry_backoff: Duration::from_millis(DEFAULT_WRITE_RETRY_BACKOFF_MS),
+        }
+    }
+}
+
+/// Why an event was not written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The lifecycle forbids this event now (e.g. paid after shipped).
+    InvalidTransition {
+        /// The order.
+        order: AggregateId,
+        /// Its last event, if any.
+        last: Option<EventType>,
+        /// The refused event.
+        next: EventType,
+    },
+    /// Another write of this order is in flight (the writer serialises each aggregate).
+    Busy(AggregateId),
+    /// The store failed the batch (after retries, if transient).
+    Store(StoreError),
+}
+
+impl fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteFailure::InvalidTransition { order, last, next } => {
+                write!(f, "order {order}: {next} cannot follow {last:?}")
+            }
+            WriteFailure::Busy(order) => write!(f, "order {order}: a write is already in flight"),
+            WriteFailure::Store(e) => write!(f, "store: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteFailure {}
+
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    last_seq: u64,
+    last: Option<EventType>,
+    busy: bool,
+}
+
+/// The order service's write path.
+pub struct OrderWriter {
+    store: Rc<dyn OutboxStore>,
+    clock: Rc<dyn Clock>,
+    history: History,
+    rng: RefCell<SimRng>,
+    orders: RefCell<BTreeMap<AggregateId, Progress>>,
+    config: WriterConfig,
+}
+
+impl fmt::Debug for OrderWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OrderWriter")
+            .field("orders", &self.orders.borrow().len())
+            .finish()
+    }
+}
+
+fn allowed(last: Option<EventType>, next: EventType) -> bool {
+    use EventType::*;
+    matches!(
+        (last, next),
+        (None, OrderCreated)
+            | (Some(OrderCreated), OrderPaid | OrderCancelled)
+            | (Some(OrderPaid), OrderShipped | OrderCancelled)
+    )
+}
+
+impl OrderWriter {
+    /// A writer on `store`, recording commits in `history`, drawing ids from `rng`.
+    pub fn new(
+        store: Rc<dyn OutboxStore>,
+        clock: Rc<dyn Clock>,
+        history: History,
+        rng: SimRng,
+        config: WriterConfig,
+    ) -> Self {
+        OrderWriter {
+            store,
+            clock,
+            history,
+            rng: RefCell::new(rng),
+            orders: RefCell::new(BTreeMap::new()),
+            config,
+        }
+    }
+
+    /// A fresh order id.
+    pub fn new_order(&self) -> AggregateId {
+        AggregateId(uuid_v4(&mut self.rng.borrow_mut()))
+    }
+
+    /// Writes `event_type` for `order` with the writer's timestamp policy.
+    pub async fn write(
+        &self,
+        order: AggregateId,
+        event_type: EventType,
+    ) -> Result<OutboxEvent, WriteFailure> {
+        self.write_at(order, event_type, None).await
+    }
+
+    /// Writes `event_type` for `order`; `timestamp` forces `USING TIMESTAMP` (a late write).
+    pub async fn write_at(
+        &self,
+        order: AggregateId,
+        event_type: EventType,
+        timestamp: Option<Timestamp>,
+    ) -> Result<OutboxEvent, WriteFailure> {
+        let seq = {
+            let mut orders = self.orders.borrow_mut();
+            let p = orders.entry(order).or_insert(Progress {
+                last_seq: 0,
+                last: None,
+                busy: false,
+            });
+            if p.busy {
+                return Err(WriteFailure::Busy(order));
+            }
+            if !allowed(p.last, event_type) {
+                return Err(WriteFailure::InvalidTransition {
+                    order,
+                    last: p.last,
+                    next: event_type,
+                });
+            }
+            p.busy = true;
+            p.last_seq + 1
+        };
+        let (id, amount) = {
+            let mut rng = self.rng.borrow_mut();
+            (
+                EventId(uuid_v4(&mut rng)),
+                rng.random_range(100..100_000u32),
+            )
+        };
+        let payload = serde_json::json!({
+            "order_id": order.0.to_string(),
+            "event": event_type.as_str(),
+            "seq": seq,
+            "amount_cents": amount,
+        })
+        .to_string();
+        let event = OutboxEvent {
+            id,
+            aggregate_type: Arc::from("Order"),
+            aggregate_id: order,
+            seq,
+            event_type,
+            payload: Arc::from(payload),
+            created_at: Timestamp::MIN,
+        };
+        let mut attempt = 0;
+        let result = loop {
+            let timestamp = match timestamp {
+                Some(t) => WriteTimestamp::Client(t),
+                None if self.config.client_timestamps => WriteTimestamp::Client(
+                    self.clock
+                        .now()
+                        .offset_micros(self.config.client_clock_skew_us),
+                ),
+                None => WriteTimestamp::Coordinator,
+            };
+            let batch = OrderBatch {
+                status: event_type.status(),
+                event: event.clone(),
+                timestamp,
+            };
+            match self.store.write(batch).await {
+                Err(e) if e.is_transient() && attempt < self.config.retries => {
+                    attempt += 1;
+                    self.clock.sleep(self.config.retry_backoff).await;
+                }
+                other => break other,
+            }
+        };
+        let now = self.clock.now();
+        let mut orders = self.orders.borrow_mut();
+        let p = orders.get_mut(&order).expect("registered above");
+        p.busy = false;
+        match result {
+            Ok(committed) => {
+                p.last_seq = seq;
+                p.last = Some(event_type);
+                let e = committed.event;
+                self.history.record(
+                    now,
+                    OpKind::Committed {
+                        event: e.id,
+                        aggregate: e.aggregate_id,
+                        seq: e.seq,
+                        write_ts: e.created_at,
+                        visible_at: committed.visible_at.unwrap_or(now),
+                    },
+                );
+                Ok(e)
+            }
+            Err(err) => {
+                self.history.record(
+                    now,
+                    OpKind::WriteFailed {
+                        aggregate: order,
+                        seq,
+                        error: err.to_string(),
+                    },
+                );
+                Err(WriteFailure::Store(err))
+            }
+        }
+    }
+
+    /// Orders this writer has touched.
+    pub fn order_count(&self) -> usize {
+        self.orders.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seed::Seed;
+    use crate::sim::SimBuilder;
+    use crate::sim::scylla::Client;
+
+    fn setup(sim: &crate::sim::Sim) -> Rc<OrderWriter> {
+        Rc::new(OrderWriter::new(
+            Rc::new(sim.store(Client::Writer)),
+            sim.clock_port(),
+            sim.history(),
+            sim.rng("writer"),
+            WriterConfig::default(),
+        ))
+    }
+
+    #[test]
+    fn lifecycle_is_enforced_and_seq_has_no_gaps() {
+        let mut sim = SimBuilder::new().build(Seed(1)).unwrap();
+        let w = setup(&sim);
+        let w2 = w.clone();
+        let t = sim.spawn("writer", async move {
+            let o = w2.new_order();
+            let a = w2.write(o, EventType::OrderCreated).await.unwrap();
+            let bad = w2.write(o, EventType::OrderShipped).await.unwrap_err();
+            let b = w2.write(o, EventType::OrderPaid).await.unwrap();
+            let c = w2.write(o, EventType::OrderShipped).await.unwrap();
+            let after_end = w2.write(o, EventType::OrderCancelled).await.unwrap_err();
+            (a.seq, b.seq, c.seq, bad, after_end)
+        });
+        let (a, b, c, bad, after_end) = sim.block_on(t).unwrap();
+        assert_eq!((a, b, c), (1, 2, 3));
+        assert!(matches!(
+            bad,
+            WriteFailure::InvalidTransition {
+                next: EventType::OrderShipped,
+                ..
+            }
+        ));
+        assert!(matches!(after_end, WriteFailure::InvalidTransition { .. }));
+        let commits = sim
+            .history()
+            .ops()
+            .iter()
+            .filter(|o| matches!(o.kind, OpKind::Committed { .. }))
+            .count();
+        assert_eq!(commits, 3);
+    }
+
+    #[test]
+    fn a_rejected_write_is_reported_and_leaves_nothing_behind() {
+        let mut sim = SimBuilder::new().build(Seed(2)).unwrap();
+        let w = setup(&sim);
+        let cluster = sim.cluster();
+        let far_future = sim.now() + Duration::from_secs(60);
+        let t = sim.spawn("writer", async move {
+            let o = w.new_order();
+            let r = w
+                .write_at(o, EventType::OrderCreated, Some(far_future))
+                .await;
+            (o, r)
+        });
+        let (o, r) = sim.block_on(t).unwrap();
+        match r {
+            Err(WriteFailure::Store(StoreError::Rejected(why))) => {
+                assert!(why.contains("from the future"), "{why}")
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        let s = cluster.state();
+        assert!(!s.tables.orders.contains_key(&o));
+        assert_eq!(s.tables.outbox_len(), 0);
+        assert!(s.log.is_empty());
+        drop(s);
+        let ops = sim.history();
+        assert!(
+            ops.ops()
+                .iter()
+                .any(|op| matches!(op.kind, OpKind::WriteFailed { seq: 1, .. }))
+        );
+    }
+
+    #[test]
+    fn transient_failures_are_retried_then_reported() {
+        let mut sim = SimBuilder::new().build(Seed(3)).unwrap();
+        let w = setup(&sim);
+        sim.cluster().set_unavailable(true);
+        let t = sim.spawn("writer", async move {
+            let o = w.new_order();
+            w.write(o, EventType::OrderCreated).await
+        });
+        let r = sim.block_on(t).unwrap();
+        assert_eq!(r.unwrap_err(), WriteFailure::Store(StoreError::Unavailable));
+        use crate::sim::scylla::QueryKind;
+        assert_eq!(
+            sim.cluster()
+                .stats()
+                .get(Client::Writer, QueryKind::Write)
+                .queries,
+            1 + DEFAULT_WRITE_RETRIES as u64
+        );
+    }
+}
