@@ -5,9 +5,12 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod cdc;
+pub mod check;
 pub mod history;
 pub mod model;
 pub mod ports;
+pub mod relay;
+pub mod report;
 pub mod scenario;
 pub mod seed;
 pub mod sim;
