@@ -160,11 +160,11 @@ pub fn analyze(ops: &[Op]) -> Analysis {
     };
     let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
     for (id, at) in &commits {
-        if let Some(p) = first_publish.get(id) {
-            if same_incarnation(*at, *p) {
-                hist.record(p.saturating_since(*at).as_micros() as u64)
-                    .expect("histogram auto-resizes");
-            }
+        if let Some(p) = first_publish.get(id)
+            && same_incarnation(*at, *p)
+        {
+            hist.record(p.saturating_since(*at).as_micros() as u64)
+                .expect("histogram auto-resizes");
         }
     }
     a.latency_samples = hist.len();

@@ -49,7 +49,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 pub use poll::{CursorMode, PollingConfig, PollingRelay};
-pub use stream::{StartTimestamp, StreamConfig, StreamRelay};
+pub use stream::{DEFAULT_SAFETY_INTERVAL, StartTimestamp, StreamConfig, StreamRelay};
 
 use crate::ports::{
     CheckpointStore, Clock, LocalFuture, OutboxStore, PublishError, Publisher, StoreError,
@@ -133,7 +133,7 @@ pub enum Preset {
     StreamDefault,
     /// scylla-cdc defaults + save/load progress, `start_timestamp` left at now (scylla-cdc #120).
     StreamCheckpointed,
-    /// + `start_timestamp` = now − CDC TTL when resuming.
+    /// + `start_timestamp` = now − CDC TTL when resuming, now − safety interval on a first start.
     StreamSafe,
     /// stream-safe with low-latency settings.
     StreamTuned,
@@ -183,6 +183,7 @@ impl Preset {
     pub fn relay(self, visibility_bound: Duration, cdc_ttl: Duration) -> AnyRelay {
         let round_up =
             |d: Duration| Duration::from_millis(d.as_millis().div_ceil(500) as u64 * 500);
+        let tuned_safety = round_up(visibility_bound).max(PRESET_TUNED_MIN_SAFETY);
         match self {
             Preset::PollNaive => AnyRelay::Poll(PollingRelay::new(
                 self.name(),
@@ -218,7 +219,10 @@ impl Preset {
                 StreamConfig {
                     should_save_progress: true,
                     should_load_progress: true,
-                    start: StartTimestamp::AgoWhenResuming(cdc_ttl),
+                    start: StartTimestamp::Resume {
+                        fresh: DEFAULT_SAFETY_INTERVAL,
+                        resuming: cdc_ttl,
+                    },
                     ..StreamConfig::default()
                 },
             )),
@@ -227,8 +231,11 @@ impl Preset {
                 StreamConfig {
                     should_save_progress: true,
                     should_load_progress: true,
-                    start: StartTimestamp::AgoWhenResuming(cdc_ttl),
-                    safety_interval: round_up(visibility_bound).max(PRESET_TUNED_MIN_SAFETY),
+                    start: StartTimestamp::Resume {
+                        fresh: tuned_safety,
+                        resuming: cdc_ttl,
+                    },
+                    safety_interval: tuned_safety,
                     sleep_interval: PRESET_TUNED_SLEEP,
                     window_size: PRESET_TUNED_WINDOW,
                     pause_between_saves: Duration::from_secs(1),

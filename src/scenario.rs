@@ -24,7 +24,7 @@ use crate::seed::Seed;
 use crate::sim::broker::BrokerConfig;
 use crate::sim::executor::RuntimeError;
 use crate::sim::scylla::{Client, ClusterConfig, QueryKind, ms};
-use crate::sim::{ConfigError, SimBuilder, SimConfig};
+use crate::sim::{ConfigError, Sim, SimBuilder, SimConfig};
 use crate::writer::{OrderWriter, WriterConfig};
 use workload::{WorkloadConfig, drive};
 
@@ -413,12 +413,24 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
+/// A scheduled change to the world, applied at its time.
+type FaultAction = Box<dyn FnOnce(Timestamp)>;
+
 fn secs_f(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
 /// Plays `scenario` against `relay` with `seed`: the write phase with its faults, then the drain.
 pub fn run(scenario: &Scenario, relay: Rc<dyn Relay>, seed: Seed) -> Result<RunReport, RunError> {
+    run_world(scenario, relay, seed).map(|(report, _)| report)
+}
+
+/// Like [`run`], and hands back the finished world (cluster, broker, history) for inspection.
+pub fn run_world(
+    scenario: &Scenario,
+    relay: Rc<dyn Relay>,
+    seed: Seed,
+) -> Result<(RunReport, Sim), RunError> {
     let mut sim = SimBuilder::from_config(scenario.sim_config())
         .build(seed)
         .map_err(RunError::Config)?;
@@ -453,7 +465,7 @@ pub fn run(scenario: &Scenario, relay: Rc<dyn Relay>, seed: Seed) -> Result<RunR
     .detach();
 
     // The nemesis: scheduled cluster and broker faults, all off when the drain starts.
-    let mut events: Vec<(Timestamp, u8, Box<dyn FnOnce(Timestamp)>)> = Vec::new();
+    let mut events: Vec<(Timestamp, u8, FaultAction)> = Vec::new();
     for t in &scenario.faults.topology_changes {
         let cluster = sim.cluster();
         let kind = t.kind;
@@ -635,7 +647,7 @@ pub fn run(scenario: &Scenario, relay: Rc<dyn Relay>, seed: Seed) -> Result<RunR
         .map(|(_, k, c)| (k, c.queries))
         .collect();
     let ops = history.ops();
-    Ok(RunReport {
+    let report = RunReport {
         relay: relay.name(),
         scenario: scenario.name.clone(),
         seed: seed.0,
@@ -647,5 +659,7 @@ pub fn run(scenario: &Scenario, relay: Rc<dyn Relay>, seed: Seed) -> Result<RunR
         steps: sim.steps(),
         digest: format!("{:016x}", history.digest()),
         history_ops: ops.len(),
-    })
+    };
+    drop(ops);
+    Ok((report, sim))
 }

@@ -64,8 +64,13 @@ pub enum StartTimestamp {
     Now,
     /// `now − d`, always.
     Ago(Duration),
-    /// `now − d` if a saved generation exists (a restart), else now.
-    AgoWhenResuming(Duration),
+    /// `now − resuming` if a saved generation exists (a restart), else `now − fresh`.
+    Resume {
+        /// Look-back on a first start: covers rows stamped slightly behind now (clock skew).
+        fresh: Duration,
+        /// Look-back on a restart: far enough that the loaded checkpoints win.
+        resuming: Duration,
+    },
 }
 
 /// Settings of a [`StreamRelay`], named as `CDCLogReaderBuilder`'s options.
@@ -114,7 +119,13 @@ impl StreamConfig {
         let start = match self.start {
             StartTimestamp::Now => "now".to_string(),
             StartTimestamp::Ago(d) => format!("now-{}s", d.as_secs()),
-            StartTimestamp::AgoWhenResuming(d) => format!("now-{}s on resume", d.as_secs()),
+            StartTimestamp::Resume { fresh, resuming } => {
+                format!(
+                    "now-{}ms fresh, now-{}s on resume",
+                    fresh.as_millis(),
+                    resuming.as_secs()
+                )
+            }
         };
         format!(
             "cdc stream: window {} ms, safety {} ms, sleep {} ms, saves every {} ms, start {start}, load {}, save {}{}",
@@ -201,13 +212,13 @@ async fn worker(cfg: Rc<StreamConfig>, ctx: RelayContext) -> Result<(), RelayErr
     let mut start = match cfg.start {
         StartTimestamp::Now => now,
         StartTimestamp::Ago(d) => now - d,
-        StartTimestamp::AgoWhenResuming(_) => now,
+        StartTimestamp::Resume { fresh, .. } => now - fresh,
     };
     if cfg.should_load_progress {
         // build(): an error here fails the build, i.e. the relay.
         let loaded = ctx.checkpoints.load_generation().await?;
-        if let (Some(_), StartTimestamp::AgoWhenResuming(d)) = (loaded, cfg.start) {
-            start = now - d;
+        if let (Some(_), StartTimestamp::Resume { resuming, .. }) = (loaded, cfg.start) {
+            start = now - resuming;
         }
         if let Some(g) = loaded {
             start = start.max(g);
@@ -313,13 +324,13 @@ fn note(
     first_error: &mut Option<RelayError>,
     uppers: &[Rc<Cell<Option<Timestamp>>>],
 ) {
-    if let Err(e) = result {
-        if first_error.is_none() {
-            *first_error = Some(e);
-            // Stop every reader after its current window.
-            for u in uppers {
-                u.set(Some(Timestamp::MIN));
-            }
+    if let Err(e) = result
+        && first_error.is_none()
+    {
+        *first_error = Some(e);
+        // Stop every reader after its current window.
+        for u in uppers {
+            u.set(Some(Timestamp::MIN));
         }
     }
 }

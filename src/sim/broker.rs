@@ -258,21 +258,20 @@ impl SimBroker {
         }
         let lost_ack = s.faults.lost_ack_probability > 0.0
             && s.rng.random_bool(s.faults.lost_ack_probability.min(1.0));
-        if s.config.idempotent {
-            if let Some(recent) = s.recent.get(&(producer_id, partition)) {
-                if let Some(&(_, offset)) = recent.iter().find(|(q, _)| *q == seq) {
-                    // A retry of a batch this session already appended: acknowledged, not appended.
-                    let d = Delivery { partition, offset };
-                    return (
-                        if lost_ack {
-                            Attempt::Retry
-                        } else {
-                            Attempt::Appended(d)
-                        },
-                        false,
-                    );
-                }
-            }
+        if s.config.idempotent
+            && let Some(recent) = s.recent.get(&(producer_id, partition))
+            && let Some(&(_, offset)) = recent.iter().find(|(q, _)| *q == seq)
+        {
+            // A retry of a batch this session already appended: acknowledged, not appended.
+            let d = Delivery { partition, offset };
+            return (
+                if lost_ack {
+                    Attempt::Retry
+                } else {
+                    Attempt::Appended(d)
+                },
+                false,
+            );
         }
         let part = &mut s.partitions[partition as usize];
         let offset = part.len() as u64;

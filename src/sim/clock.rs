@@ -205,10 +205,10 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            if let Ok(mut s) = self.clock.state.try_borrow_mut() {
-                s.armed.remove(&id);
-            }
+        if let Some(id) = self.id
+            && let Ok(mut s) = self.clock.state.try_borrow_mut()
+        {
+            s.armed.remove(&id);
         }
     }
 }

@@ -43,6 +43,7 @@ impl SimStore {
     }
 
     /// Runs one read request: fault check, the query against the state at arrival, then latency.
+    /// `query` returns the value, the rows it read and the requests (pages) it took.
     async fn read<T>(
         &self,
         kind: QueryKind,
@@ -68,16 +69,18 @@ impl SimStore {
             self.clock.sleep(wait).await;
             return Err(err);
         }
-        let (value, rows, requests) = {
+        let (value, requests) = {
             let mut s = self.cluster.state_mut();
             let (v, rows, requests) = query(&mut s, now);
-            for i in 0..requests.max(1) {
+            let requests = requests.max(1);
+            for i in 0..requests {
                 s.count(self.client, kind, if i == 0 { rows } else { 0 });
             }
-            (v, rows, requests.max(1))
+            (v, requests)
         };
-        let _ = rows;
-        self.clock.sleep(latency * requests as u32).await;
+        self.clock
+            .sleep(latency.saturating_mul(requests.min(u64::from(u32::MAX)) as u32))
+            .await;
         Ok(value)
     }
 }
