@@ -30,6 +30,10 @@ pub enum OpKind {
         write_ts: Timestamp,
         /// When the write became readable.
         visible_at: Timestamp,
+        /// When its rows expire (CDC log / outbox TTL); `Timestamp::MAX` if never.
+        expires_at: Timestamp,
+        /// Whether the writer back-dated it (a late-write fault).
+        late: bool,
     },
     /// A batch failed and was not applied.
     WriteFailed {
@@ -87,6 +91,17 @@ pub enum OpKind {
         what: CheckpointWhat,
         /// The saved position.
         position: Timestamp,
+        /// The relay incarnation that saved it.
+        incarnation: u32,
+    },
+    /// A relay read a checkpoint row.
+    CheckpointLoaded {
+        /// What was read.
+        what: CheckpointWhat,
+        /// The position found, if any.
+        position: Option<Timestamp>,
+        /// The relay incarnation that read it.
+        incarnation: u32,
     },
     /// A topology change announced a new CDC generation.
     GenerationCreated {
@@ -105,7 +120,7 @@ pub enum OpKind {
 }
 
 /// Which checkpoint row was saved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckpointWhat {
     /// The polling relay's cursor.

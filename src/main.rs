@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+use indicatif::{ProgressBar, ProgressStyle};
+use outbox_sim::hunt::{RelaySpec, hunt, hunt_scenario, run_case, scenario_toml, swarm_scenario};
+use outbox_sim::mutants::MUTANTS;
 use outbox_sim::relay::{PRESETS, Preset};
 use outbox_sim::report::{compare_json, compare_table, report_json};
 use outbox_sim::scenario::{RunReport, Scenario, run};
@@ -44,21 +47,45 @@ enum Command {
         #[arg(long)]
         scenario: Option<PathBuf>,
     },
-    /// Run one preset on one seed and print its verdict (exit 0: no anomaly, 1: anomalies).
+    /// Run one case and print its verdict (exit 0: no anomaly, 1: anomalies, 2: bad input).
     Run {
-        /// Preset name (see `presets`).
+        /// A preset name, or `mutant:<name>`.
         #[arg(long)]
         relay: String,
         /// Seed of the run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Scenario file.
+        /// Scenario file (default: the default scenario, or the hunt scenario with --swarm).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Replace the scenario's faults with the seed's swarm plan (what `hunt` runs).
+        #[arg(long)]
+        swarm: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run swarm cases until one fails; print its replay line, anomalies and shrunk plan
+    /// (exit 1: found, 0: none, 2: bad input).
+    Hunt {
+        /// A preset name, or `mutant:<name>`.
+        #[arg(long)]
+        relay: String,
+        /// Number of seeds to try.
+        #[arg(long, default_value_t = 200)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Base scenario (default: the built-in hunt scenario).
         #[arg(long)]
         scenario: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// List the mutants and the bugs they reproduce.
+    Mutants,
 }
 
 fn load(scenario: &Option<PathBuf>) -> Result<Scenario, String> {
@@ -66,16 +93,6 @@ fn load(scenario: &Option<PathBuf>) -> Result<Scenario, String> {
         Some(path) => Scenario::load(path).map_err(|e| e.to_string()),
         None => Ok(Scenario::default_scenario()),
     }
-}
-
-fn preset(name: &str) -> Result<Preset, String> {
-    Preset::parse(name).ok_or_else(|| {
-        let names: Vec<_> = PRESETS.iter().map(|p| p.name()).collect();
-        format!(
-            "--relay: unknown preset '{name}' (expected one of: {})",
-            names.join(", ")
-        )
-    })
 }
 
 fn run_preset(scenario: &Scenario, p: Preset, seed: Seed) -> Result<RunReport, String> {
@@ -179,43 +196,189 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             relay,
             seed,
             scenario,
+            swarm,
             json,
         } => {
-            let p = preset(&relay)?;
-            let sc = load(&scenario)?;
-            let replay = format!(
-                "outbox-sim run --relay {p} --seed {seed}{}",
-                scenario
-                    .as_ref()
-                    .map(|s| format!(" --scenario {}", s.display()))
-                    .unwrap_or_default()
-            );
-            let r = run_preset(&sc, p, Seed(seed))?;
-            let anomalies = r.lost + r.reordered + r.phantom;
+            let spec = RelaySpec::parse(&relay).map_err(|e| format!("--relay: {e}"))?;
+            let base = match (&scenario, swarm) {
+                (Some(path), _) => Scenario::load(path).map_err(|e| e.to_string())?,
+                (None, true) => hunt_scenario(),
+                (None, false) => Scenario::default_scenario(),
+            };
+            let replay = replay_line(spec, seed, &scenario, swarm);
+            let report = run_case(&base, spec, Seed(seed), swarm).map_err(|e| e.to_string())?;
+            let sc = if swarm {
+                swarm_scenario(&base, Seed(seed))
+            } else {
+                base
+            };
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report_json(&r)).expect("json")
-                );
+                let mut v = report_json(&report);
+                v["replay"] = replay.into();
+                v["verdict"] = if report.failed() { "anomalies" } else { "ok" }.into();
+                v["anomalies"] = serde_json::to_value(&report.anomalies).expect("json");
+                v["coverage"] = serde_json::to_value(&report.coverage).expect("json");
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             } else {
                 println!("replay: {replay}");
-                print!(
-                    "{}",
-                    compare_table(&sc.name, seed, std::slice::from_ref(&r))
-                );
-                println!(
-                    "verdict: {}",
-                    if anomalies == 0 { "ok" } else { "ANOMALIES" }
-                );
-                if !r.lost_sample.is_empty() {
-                    println!("lost (first {}): {:?}", r.lost_sample.len(), r.lost_sample);
-                }
+                print_verdict(&sc, &report);
             }
-            Ok(if anomalies == 0 {
-                ExitCode::SUCCESS
-            } else {
+            Ok(if report.failed() {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
             })
         }
+        Command::Hunt {
+            relay,
+            seeds,
+            from,
+            scenario,
+            json,
+        } => {
+            let spec = RelaySpec::parse(&relay).map_err(|e| format!("--relay: {e}"))?;
+            let base = match &scenario {
+                Some(path) => Scenario::load(path).map_err(|e| e.to_string())?,
+                None => hunt_scenario(),
+            };
+            let bar = if json {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(seeds)
+            };
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  {msg}")
+                    .expect("valid template"),
+            );
+            bar.set_message(format!("{spec}"));
+            let started = Instant::now();
+            let outcome = hunt(&base, spec, from..from.saturating_add(seeds), |done| {
+                bar.set_position(done)
+            })
+            .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            let wall = started.elapsed().as_secs_f64();
+            let rate = outcome.cases as f64 / wall.max(1e-9);
+            match outcome.found {
+                None => {
+                    if json {
+                        let v = serde_json::json!({ "relay": spec.to_string(), "found": false, "cases": outcome.cases, "cases_per_s": rate });
+                        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else {
+                        println!(
+                            "no failing seed in {}..{} for {spec}: {} cases in {wall:.1} s ({rate:.0} cases/s)",
+                            from,
+                            from + seeds,
+                            outcome.cases
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(found) => {
+                    let replay = replay_line(spec, found.seed, &scenario, true);
+                    let dir = PathBuf::from("target/outbox-sim");
+                    let file = dir.join(format!(
+                        "shrunk-{}-{}.toml",
+                        spec.to_string().replace(':', "-"),
+                        found.seed
+                    ));
+                    let saved = std::fs::create_dir_all(&dir)
+                        .and_then(|_| std::fs::write(&file, scenario_toml(&found.shrunk)));
+                    if json {
+                        let v = serde_json::json!({
+                            "relay": spec.to_string(), "found": true, "seed": found.seed, "replay": replay,
+                            "cases": outcome.cases, "cases_per_s": rate,
+                            "anomalies": found.report.anomalies.iter().take(20).collect::<Vec<_>>(),
+                            "plan_size": [found.plan_size.0, found.plan_size.1],
+                            "shrunk_faults": found.shrunk.faults,
+                            "shrunk_anomalies": found.shrunk_report.anomalies.iter().take(20).collect::<Vec<_>>(),
+                        });
+                        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+                    } else {
+                        println!("replay: {replay}");
+                        println!(
+                            "found after {} cases ({wall:.1} s, {rate:.0} cases/s)",
+                            outcome.cases
+                        );
+                        print_verdict(&swarm_scenario(&base, Seed(found.seed)), &found.report);
+                        println!(
+                            "shrunk plan: {} → {} fault entries in {} runs; still fails with {}",
+                            found.plan_size.0,
+                            found.plan_size.1,
+                            found.shrink_runs,
+                            found
+                                .shrunk_report
+                                .first_failure()
+                                .map_or("-", |a| a.kind()),
+                        );
+                        print!(
+                            "{}",
+                            indent(&toml::to_string(&found.shrunk.faults).unwrap_or_default())
+                        );
+                        if saved.is_ok() {
+                            println!(
+                                "replay shrunk: outbox-sim run --relay {spec} --seed {} --scenario {}",
+                                found.seed,
+                                file.display()
+                            );
+                        }
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Mutants => {
+            for m in MUTANTS {
+                println!("mutant:{:<26} {}", m.name(), m.bug());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn replay_line(spec: RelaySpec, seed: u64, scenario: &Option<PathBuf>, swarm: bool) -> String {
+    format!(
+        "outbox-sim run --relay {spec} --seed {seed}{}{}",
+        if swarm { " --swarm" } else { "" },
+        scenario
+            .as_ref()
+            .map(|s| format!(" --scenario {}", s.display()))
+            .unwrap_or_default()
+    )
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn print_verdict(scenario: &Scenario, r: &RunReport) {
+    print!(
+        "{}",
+        compare_table(&scenario.name, r.seed, std::slice::from_ref(r))
+    );
+    let failing: Vec<_> = r.anomalies.iter().filter(|a| a.is_failure()).collect();
+    println!(
+        "verdict: {}",
+        if failing.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("{} anomalies", r.anomaly_counts.values().sum::<u64>())
+        }
+    );
+    for (kind, n) in &r.anomaly_counts {
+        println!("  {kind}: {n}");
+    }
+    if let Some(first) = r.first_failure() {
+        println!("first violation — {}", first.property());
+        println!("  {first}");
+    }
+    let cov: Vec<String> = r.coverage.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "exercised: {}",
+        if cov.is_empty() {
+            "nothing".to_string()
+        } else {
+            cov.join(" ")
+        }
+    );
 }

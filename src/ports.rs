@@ -96,6 +96,8 @@ pub struct Committed {
     /// When the write becomes readable, if the world knows (the simulation does; a live cluster
     /// does not say).
     pub visible_at: Option<Timestamp>,
+    /// When its rows expire, if the world knows.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Where a polling scan starts.

@@ -133,7 +133,8 @@ pub enum Preset {
     StreamDefault,
     /// scylla-cdc defaults + save/load progress, `start_timestamp` left at now (scylla-cdc #120).
     StreamCheckpointed,
-    /// + `start_timestamp` = now − CDC TTL when resuming, now − safety interval on a first start.
+    /// + `start_timestamp` = now − CDC TTL when resuming, now − safety interval on a first start,
+    /// and a checkpoint saver that never moves a checkpoint back.
     StreamSafe,
     /// stream-safe with low-latency settings.
     StreamTuned,
@@ -223,6 +224,7 @@ impl Preset {
                         fresh: DEFAULT_SAFETY_INTERVAL,
                         resuming: cdc_ttl,
                     },
+                    monotonic_checkpoints: true,
                     ..StreamConfig::default()
                 },
             )),
@@ -235,6 +237,7 @@ impl Preset {
                         fresh: tuned_safety,
                         resuming: cdc_ttl,
                     },
+                    monotonic_checkpoints: true,
                     safety_interval: tuned_safety,
                     sleep_interval: PRESET_TUNED_SLEEP,
                     window_size: PRESET_TUNED_WINDOW,

@@ -109,6 +109,12 @@ impl SimConfig {
                 return fail(field, format!("must not be negative, got {v}"));
             }
         }
+        if c.client_timestamp_resolution_us <= 0 {
+            return fail(
+                "cluster.client_timestamp_resolution_us",
+                format!("must be positive, got {}", c.client_timestamp_resolution_us),
+            );
+        }
         if c.cdc_ttl_s <= 0 {
             return fail(
                 "cluster.cdc_ttl_s",
@@ -348,9 +354,9 @@ impl Sim {
         SimStore::new(self.cluster.clone(), self.clock_port(), client)
     }
 
-    /// The relay's checkpoint table.
-    pub fn checkpoints(&self) -> SimCheckpoints {
-        SimCheckpoints::new(self.cluster.clone(), self.clock_port())
+    /// The relay's checkpoint table, as relay incarnation `incarnation` sees it.
+    pub fn checkpoints(&self, incarnation: u32) -> SimCheckpoints {
+        SimCheckpoints::new(self.cluster.clone(), self.clock_port(), incarnation)
     }
 
     /// A new producer session for relay incarnation `incarnation`.

@@ -7,7 +7,7 @@
 //! are retried with the same event id. Lifecycles are enforced:
 //! `OrderCreated → OrderPaid → OrderShipped`, or `OrderCancelled` after created or paid.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
@@ -33,6 +33,8 @@ pub struct WriterConfig {
     pub client_timestamps: bool,
     /// Offset of the writer's clock from true time, µs.
     pub client_clock_skew_us: i64,
+    /// Resolution of the writer's clock, µs (timestamps are truncated to it).
+    pub client_timestamp_resolution_us: i64,
     /// Retries after a transient failure.
     pub retries: u32,
     /// Pause between retries.
@@ -44,6 +46,7 @@ impl Default for WriterConfig {
         WriterConfig {
             client_timestamps: false,
             client_clock_skew_us: 0,
+            client_timestamp_resolution_us: 1,
             retries: DEFAULT_WRITE_RETRIES,
             retry_backoff: Duration::from_millis(DEFAULT_WRITE_RETRY_BACKOFF_MS),
         }
@@ -97,6 +100,7 @@ pub struct OrderWriter {
     rng: RefCell<SimRng>,
     orders: RefCell<BTreeMap<AggregateId, Progress>>,
     config: WriterConfig,
+    late_writes: Cell<Option<(f64, Duration)>>,
 }
 
 impl fmt::Debug for OrderWriter {
@@ -133,6 +137,7 @@ impl OrderWriter {
             rng: RefCell::new(rng),
             orders: RefCell::new(BTreeMap::new()),
             config,
+            late_writes: Cell::new(None),
         }
     }
 
@@ -200,16 +205,27 @@ impl OrderWriter {
             payload: Arc::from(payload),
             created_at: Timestamp::MIN,
         };
+        let late = match (timestamp, self.late_writes.get()) {
+            (None, Some((p, lateness))) if self.rng.borrow_mut().random_bool(p.clamp(0.0, 1.0)) => {
+                Some(lateness)
+            }
+            _ => None,
+        };
         let mut attempt = 0;
         let result = loop {
-            let timestamp = match timestamp {
-                Some(t) => WriteTimestamp::Client(t),
-                None if self.config.client_timestamps => WriteTimestamp::Client(
-                    self.clock
+            let timestamp = match (timestamp, late) {
+                (Some(t), _) => WriteTimestamp::Client(t),
+                (None, Some(lateness)) => WriteTimestamp::Client(self.clock.now() - lateness),
+                (None, None) if self.config.client_timestamps => {
+                    let t = self
+                        .clock
                         .now()
-                        .offset_micros(self.config.client_clock_skew_us),
-                ),
-                None => WriteTimestamp::Coordinator,
+                        .offset_micros(self.config.client_clock_skew_us)
+                        .0;
+                    let r = self.config.client_timestamp_resolution_us.max(1);
+                    WriteTimestamp::Client(Timestamp(t.div_euclid(r) * r))
+                }
+                (None, None) => WriteTimestamp::Coordinator,
             };
             let batch = OrderBatch {
                 status: event_type.status(),
@@ -241,6 +257,8 @@ impl OrderWriter {
                         seq: e.seq,
                         write_ts: e.created_at,
                         visible_at: committed.visible_at.unwrap_or(now),
+                        expires_at: committed.expires_at.unwrap_or(Timestamp::MAX),
+                        late: late.is_some(),
                     },
                 );
                 Ok(e)
@@ -257,6 +275,12 @@ impl OrderWriter {
                 Err(WriteFailure::Store(err))
             }
         }
+    }
+
+    /// From now on, stamps each write with probability `p` as `USING TIMESTAMP now − lateness`
+    /// (a late write); `None` switches it off.
+    pub fn set_late_writes(&self, late: Option<(f64, Duration)>) {
+        self.late_writes.set(late);
     }
 
     /// Orders this writer has touched.

@@ -106,7 +106,7 @@ fn ctx(sim: &Sim, reads: &Rc<RefCell<Vec<Read>>>, incarnation: u32) -> RelayCont
             clock: sim.clock_port(),
             reads: reads.clone(),
         }),
-        checkpoints: Rc::new(sim.checkpoints()),
+        checkpoints: Rc::new(sim.checkpoints(incarnation)),
         publisher: Rc::new(sim.producer(incarnation)),
         clock: sim.clock_port(),
         incarnation,
@@ -291,7 +291,7 @@ fn resume_from(
 ) {
     let mut sim = small_sim(24);
     let t0 = sim.now();
-    let checkpoints = sim.checkpoints();
+    let checkpoints = sim.checkpoints(1);
     let groups = sim.cluster().state().topology.generations[0].groups.clone();
     let g0 = sim.cluster().state().topology.generations[0].start;
     let g = groups.clone();
@@ -359,7 +359,7 @@ fn resume_uses_the_minimum_checkpoint_of_each_reader_unless_start_is_now() {
 fn the_saver_first_rewinds_to_the_lower_timestamp() {
     // scylla-cdc pitfall §2.6.3: right after a restart the saver writes `lower` for every stream.
     let mut sim = small_sim(25);
-    let checkpoints = sim.checkpoints();
+    let checkpoints = sim.checkpoints(1);
     let stream = sim.cluster().state().topology.generations[0].groups[0].streams[0];
     let t0 = sim.now();
     let t = sim.spawn("seed", async move {

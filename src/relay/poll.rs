@@ -40,6 +40,12 @@ pub struct PollingConfig {
     pub page_size: usize,
     /// Cursor semantics.
     pub cursor: CursorMode,
+    /// Publish at most this many rows per poll (like JDBC's `batch.max.rows`); `None` = all.
+    pub max_rows_per_poll: Option<usize>,
+    /// Send a row only after the previous row of its aggregate was acknowledged (rows of
+    /// different aggregates still go out concurrently). Without it, a failed send re-sent later
+    /// lands behind its aggregate's next event.
+    pub ordered_per_key: bool,
 }
 
 /// Default poll interval.
@@ -54,6 +60,8 @@ impl Default for PollingConfig {
             lag: Duration::ZERO,
             page_size: DEFAULT_PAGE_SIZE,
             cursor: CursorMode::Exclusive,
+            max_rows_per_poll: None,
+            ordered_per_key: true,
         }
     }
 }
@@ -107,6 +115,45 @@ impl Relay for PollingRelay {
     }
 }
 
+/// Publishes `rows` in order. With `ordered_per_key`, rows of different aggregates go out
+/// concurrently but a row is sent only after the previous row of its aggregate was acknowledged,
+/// and sending stops at the first failure (`None` = not sent); otherwise the whole page is sent
+/// at once.
+async fn publish_rows(
+    ctx: &RelayContext,
+    rows: &[crate::model::OutboxEvent],
+    ordered_per_key: bool,
+) -> Vec<Option<Result<crate::ports::Delivery, crate::ports::PublishError>>> {
+    if !ordered_per_key {
+        return ctx
+            .publisher
+            .publish_all(rows)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+    }
+    let mut results: Vec<Option<_>> = (0..rows.len()).map(|_| None).collect();
+    let mut i = 0;
+    while i < rows.len() {
+        let mut aggregates = BTreeSet::new();
+        let mut j = i;
+        while j < rows.len() && aggregates.insert(rows[j].aggregate_id) {
+            j += 1;
+        }
+        let chunk = ctx.publisher.publish_all(&rows[i..j]).await;
+        let failed = chunk.iter().any(Result::is_err);
+        for (k, r) in chunk.into_iter().enumerate() {
+            results[i + k] = Some(r);
+        }
+        if failed {
+            break;
+        }
+        i = j;
+    }
+    results
+}
+
 async fn poll_loop(cfg: PollingConfig, ctx: RelayContext) -> Result<(), RelayError> {
     let mut failures = 0u32;
     let mut cursor: Option<Cursor> = loop {
@@ -150,29 +197,37 @@ async fn poll_loop(cfg: PollingConfig, ctx: RelayContext) -> Result<(), RelayErr
             }
             Err(e) => return Err(e.into()),
         };
-        let fresh: Vec<_> = rows
+        let mut fresh: Vec<_> = rows
             .into_iter()
             .filter(|e| !overlap.contains(&(e.created_at, e.id)))
             .collect();
-        let results = ctx.publisher.publish_all(&fresh).await;
-        // Advance over the acknowledged prefix only.
+        if let Some(limit) = cfg.max_rows_per_poll {
+            fresh.truncate(limit);
+        }
+        let results = publish_rows(&ctx, &fresh, cfg.ordered_per_key).await;
+        // Advance over the acknowledged prefix only; remember every acknowledged row so a re-read
+        // in this incarnation does not send it again.
         let mut advanced = None;
+        let mut prefix = true;
         let mut fatal = None;
         for (event, result) in fresh.iter().zip(&results) {
             match result {
-                Ok(_) => {
-                    advanced = Some(Cursor {
-                        created_at: event.created_at,
-                        id: event.id,
-                    });
+                Some(Ok(_)) => {
+                    if prefix {
+                        advanced = Some(Cursor {
+                            created_at: event.created_at,
+                            id: event.id,
+                        });
+                    }
                     overlap.insert((event.created_at, event.id));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
+                    prefix = false;
                     if !e.is_transient() {
                         fatal = Some(e.clone());
                     }
-                    break;
                 }
+                None => prefix = false,
             }
         }
         if let Some(c) = advanced {

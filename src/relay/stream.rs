@@ -94,6 +94,14 @@ pub struct StreamConfig {
     pub page_size: usize,
     /// Not in scylla-cdc: skip the sleep after a window while the reader is behind (PR #128).
     pub no_sleep_when_lagging: bool,
+    /// Not in scylla-cdc: wrap the checkpoint saver so it never writes a stream's checkpoint
+    /// below the position loaded for it. scylla-cdc's saver first writes the reader's lower
+    /// timestamp for every stream (§2.6.3), so a second crash soon after a restart rewinds
+    /// progress to the generation start or `now − TTL`: hours of re-reading at 6× real time.
+    pub monotonic_checkpoints: bool,
+    /// scylla-cdc's generation barrier: the next generation's readers start only after every
+    /// reader of the current one finished. `false` exists to show what the barrier protects.
+    pub generation_barrier: bool,
 }
 
 impl Default for StreamConfig {
@@ -109,6 +117,8 @@ impl Default for StreamConfig {
             should_save_progress: false,
             page_size: DEFAULT_PAGE_SIZE,
             no_sleep_when_lagging: false,
+            generation_barrier: true,
+            monotonic_checkpoints: false,
         }
     }
 }
@@ -128,7 +138,7 @@ impl StreamConfig {
             }
         };
         format!(
-            "cdc stream: window {} ms, safety {} ms, sleep {} ms, saves every {} ms, start {start}, load {}, save {}{}",
+            "cdc stream: window {} ms, safety {} ms, sleep {} ms, saves every {} ms, start {start}, load {}, save {}{}{}",
             self.window_size.as_millis(),
             self.safety_interval.as_millis(),
             self.sleep_interval.as_millis(),
@@ -137,6 +147,11 @@ impl StreamConfig {
             self.should_save_progress,
             if self.no_sleep_when_lagging {
                 ", no sleep while lagging"
+            } else {
+                ""
+            },
+            if self.monotonic_checkpoints {
+                ", monotonic saver"
             } else {
                 ""
             },
@@ -236,6 +251,9 @@ async fn worker(cfg: Rc<StreamConfig>, ctx: RelayContext) -> Result<(), RelayErr
         }
         ctx.clock.sleep(cfg.sleep_interval).await;
     };
+    if !cfg.generation_barrier {
+        return worker_without_barrier(cfg, ctx, start, generation).await;
+    }
     loop {
         // Every generation the worker starts, the first included, is saved before its readers
         // spawn; a failed save fails the worker.
@@ -247,9 +265,59 @@ async fn worker(cfg: Rc<StreamConfig>, ctx: RelayContext) -> Result<(), RelayErr
             ctx.store.stream_groups(generation)
         })
         .await?;
-        match read_generation(&cfg, &ctx, generation, lower, groups).await? {
+        match read_generation(&cfg, &ctx, generation, lower, groups, None).await? {
             Some(next) => generation = next,
             None => return Ok(()),
+        }
+    }
+}
+
+/// Not scylla-cdc: starts each generation's readers as soon as the generation is known, while the
+/// previous generation's readers are still finishing (what the barrier prevents).
+async fn worker_without_barrier(
+    cfg: Rc<StreamConfig>,
+    ctx: RelayContext,
+    start: Timestamp,
+    mut generation: Timestamp,
+) -> Result<(), RelayError> {
+    let mut running: FuturesUnordered<LocalFuture<'_, Result<Option<Timestamp>, RelayError>>> =
+        FuturesUnordered::new();
+    loop {
+        if cfg.should_save_progress {
+            ctx.checkpoints.save_generation(generation).await?;
+        }
+        let lower = start.max(generation);
+        let groups = retry(&ctx, cfg.sleep_interval, || {
+            ctx.store.stream_groups(generation)
+        })
+        .await?;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        running.push(Box::pin(read_generation(
+            &cfg,
+            &ctx,
+            generation,
+            lower,
+            groups,
+            Some(tx),
+        )));
+        let mut rx = rx;
+        loop {
+            match select(rx, running.next()).await {
+                Either::Left((Ok(next), _)) => {
+                    generation = next;
+                    break;
+                }
+                Either::Left((Err(_), _)) => return futures::future::pending().await,
+                Either::Right((Some(Err(e)), _)) => return Err(e),
+                Either::Right((Some(Ok(_)), pending_rx)) => rx = pending_rx,
+                Either::Right((None, pending_rx)) => match pending_rx.await {
+                    Ok(next) => {
+                        generation = next;
+                        break;
+                    }
+                    Err(_) => return futures::future::pending().await,
+                },
+            }
         }
     }
 }
@@ -262,6 +330,7 @@ async fn read_generation(
     generation: Timestamp,
     lower: Timestamp,
     groups: Vec<StreamGroup>,
+    mut announce: Option<futures::channel::oneshot::Sender<Timestamp>>,
 ) -> Result<Option<Timestamp>, RelayError> {
     let uppers: Vec<Rc<Cell<Option<Timestamp>>>> =
         groups.iter().map(|_| Rc::new(Cell::new(None))).collect();
@@ -302,6 +371,9 @@ async fn read_generation(
                 Either::Right((g, _)) => {
                     fetching = false;
                     next = Some(g);
+                    if let Some(tx) = announce.take() {
+                        let _ = tx.send(g);
+                    }
                     if first_error.is_none() {
                         for u in &uppers {
                             u.set(Some(g));
@@ -344,24 +416,30 @@ async fn read_group(
     upper: Rc<Cell<Option<Timestamp>>>,
 ) -> Result<(), RelayError> {
     let mut begin = lower;
+    // Per stream, the position loaded at start (the floor of a monotonic saver).
+    let mut floors: Vec<Timestamp> = vec![Timestamp::MIN; streams.len()];
     if cfg.should_load_progress {
         let mut loaded = Vec::new();
-        for s in &streams {
+        for (i, s) in streams.iter().enumerate() {
             if let Some(t) =
                 retry(&ctx, cfg.sleep_interval, || ctx.checkpoints.load_stream(*s)).await?
             {
                 loaded.push(t);
+                floors[i] = t;
             }
         }
         if let Some(min) = loaded.into_iter().min() {
             begin = begin.max(min);
         }
     }
+    if !cfg.monotonic_checkpoints {
+        floors.fill(Timestamp::MIN);
+    }
     // The watch channel the saver reads: starts at `lower`, not at the loaded position.
     let progress = Rc::new(Cell::new(lower));
     let reading = read_windows(&cfg, &ctx, &streams, begin, &upper, &progress);
     let result = if cfg.should_save_progress {
-        let saver = save_periodically(&cfg, &ctx, &streams, &progress);
+        let saver = save_periodically(&cfg, &ctx, &streams, &floors, &progress);
         match select(Box::pin(reading), Box::pin(saver)).await {
             Either::Left((r, _)) => r,
             Either::Right(((), _)) => unreachable!("the saver never ends"),
@@ -369,7 +447,7 @@ async fn read_group(
     } else {
         reading.await
     };
-    if result.is_ok() && cfg.should_save_progress {
+    if result.is_ok() && cfg.should_save_progress && progress.get() >= floors[0] {
         // The final save: first stream only, the begin of the last window.
         ctx.checkpoints
             .save_stream(streams[0], progress.get())
@@ -382,11 +460,15 @@ async fn save_periodically(
     cfg: &StreamConfig,
     ctx: &RelayContext,
     streams: &[StreamId],
+    floors: &[Timestamp],
     progress: &Cell<Timestamp>,
 ) {
     loop {
         let at = progress.get();
-        for s in streams {
+        for (s, floor) in streams.iter().zip(floors) {
+            if at < *floor {
+                continue; // a monotonic saver refuses to move a checkpoint back
+            }
             // scylla-cdc logs a failed save and carries on.
             let _ = ctx.checkpoints.save_stream(*s, at).await;
         }

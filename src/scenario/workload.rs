@@ -169,12 +169,16 @@ pub async fn drive(
             }
             continue;
         }
+        let at_capacity = in_flight.len() >= config.max_in_flight.max(1);
         let completed = match next_due {
-            Some(t) => match select(clock.sleep(t.saturating_since(now)), in_flight.next()).await {
-                Either::Left(_) => None,
-                Either::Right((c, _)) => c,
-            },
-            None => in_flight.next().await,
+            // Something is due but there is no room: only a completion can make progress.
+            Some(t) if !at_capacity || t > now => {
+                match select(clock.sleep(t.saturating_since(now)), in_flight.next()).await {
+                    Either::Left(_) => None,
+                    Either::Right((c, _)) => c,
+                }
+            }
+            _ => in_flight.next().await,
         };
         if let Some((order, event_type, result)) = completed {
             match result {

@@ -9,7 +9,7 @@
 //! relay that re-sends after a restart appends again: the duplicate a crash explains.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use rand::Rng;
@@ -134,13 +134,23 @@ pub struct Record {
     pub producer_id: u64,
 }
 
+/// What the broker remembers of one producer's sequence on one partition: the next sequence
+/// number it will append, the offsets of those appended (Kafka keeps only five in-flight batches
+/// and answers older retries with DUPLICATE_SEQUENCE_NUMBER, which clients treat as success; the
+/// model keeps them all to hand back the offset), and numbers the producer gave up on.
+#[derive(Debug, Default)]
+struct Sequence {
+    next: u64,
+    appended: BTreeMap<u64, u64>,
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
 #[derive(Debug)]
 struct BrokerState {
     config: BrokerConfig,
     partitions: Vec<Vec<Record>>,
-    /// Last sequence numbers appended per (producer id, partition), with their offsets (Kafka
-    /// keeps five batches of state per producer and partition).
-    recent: BTreeMap<(u64, u32), VecDeque<(u64, u64)>>,
+    /// Idempotence state per (producer id, partition).
+    sequences: BTreeMap<(u64, u32), Sequence>,
     next_producer_id: u64,
     faults: BrokerFaults,
     rng: SimRng,
@@ -166,7 +176,7 @@ impl SimBroker {
             state: Rc::new(RefCell::new(BrokerState {
                 config,
                 partitions,
-                recent: BTreeMap::new(),
+                sequences: BTreeMap::new(),
                 next_producer_id: 1,
                 faults: BrokerFaults::default(),
                 rng,
@@ -217,6 +227,20 @@ impl SimBroker {
         }
     }
 
+    /// The producer gave up on `seq` (delivery timeout or fatal error): later sequence numbers
+    /// may be appended without it.
+    fn abandon(&self, producer_id: u64, partition: u32, seq: u64) {
+        let mut s = self.state.borrow_mut();
+        let sq = s
+            .sequences
+            .entry((producer_id, partition))
+            .or_insert_with(|| Sequence {
+                next: 1,
+                ..Default::default()
+            });
+        sq.abandoned.insert(seq);
+    }
+
     /// A copy of one partition's records.
     pub fn partition(&self, p: u32) -> Vec<Record> {
         self.state.borrow().partitions[p as usize].clone()
@@ -258,20 +282,34 @@ impl SimBroker {
         }
         let lost_ack = s.faults.lost_ack_probability > 0.0
             && s.rng.random_bool(s.faults.lost_ack_probability.min(1.0));
-        if s.config.idempotent
-            && let Some(recent) = s.recent.get(&(producer_id, partition))
-            && let Some(&(_, offset)) = recent.iter().find(|(q, _)| *q == seq)
-        {
-            // A retry of a batch this session already appended: acknowledged, not appended.
-            let d = Delivery { partition, offset };
-            return (
-                if lost_ack {
-                    Attempt::Retry
-                } else {
-                    Attempt::Appended(d)
-                },
-                false,
-            );
+        if s.config.idempotent {
+            let sq = s
+                .sequences
+                .entry((producer_id, partition))
+                .or_insert_with(|| Sequence {
+                    next: 1,
+                    ..Default::default()
+                });
+            if let Some(&offset) = sq.appended.get(&seq) {
+                // A retry of a batch this session already appended: acknowledged, not appended.
+                let d = Delivery { partition, offset };
+                return (
+                    if lost_ack {
+                        Attempt::Retry
+                    } else {
+                        Attempt::Appended(d)
+                    },
+                    false,
+                );
+            }
+            while sq.abandoned.remove(&sq.next) {
+                sq.next += 1;
+            }
+            if seq > sq.next {
+                // OUT_OF_ORDER_SEQUENCE_NUMBER: an earlier record of this partition is still in
+                // flight; the client retries, which keeps per-partition order.
+                return (Attempt::Retry, false);
+            }
         }
         let part = &mut s.partitions[partition as usize];
         let offset = part.len() as u64;
@@ -283,10 +321,9 @@ impl SimBroker {
             append_time: now,
             producer_id,
         });
-        let recent = s.recent.entry((producer_id, partition)).or_default();
-        recent.push_back((seq, offset));
-        if recent.len() > 5 {
-            recent.pop_front();
+        if let Some(sq) = s.sequences.get_mut(&(producer_id, partition)) {
+            sq.next = sq.next.max(seq + 1);
+            sq.appended.insert(seq, offset);
         }
         let d = Delivery { partition, offset };
         (
@@ -359,6 +396,7 @@ impl SimProducer {
                     return Ok(d);
                 }
                 Attempt::Fatal(why) => {
+                    self.broker.abandon(self.producer_id, partition, seq);
                     self.clock.sleep(ms(cfg.ack_latency_ms)).await;
                     self.history.record(
                         self.clock.now(),
@@ -375,6 +413,7 @@ impl SimProducer {
                 }
                 Attempt::Retry => {
                     if self.clock.now() + ms(cfg.retry_backoff_ms) >= deadline {
+                        self.broker.abandon(self.producer_id, partition, seq);
                         self.clock
                             .sleep(deadline.saturating_since(self.clock.now()))
                             .await;

@@ -16,6 +16,10 @@ use async_executor::{LocalExecutor, Task};
 use crate::model::Timestamp;
 use crate::sim::clock::SimClock;
 
+/// Polls allowed without time moving: more means some task is spinning (e.g. a zero-length sleep
+/// in a loop), which no amount of simulated time would end.
+pub const MAX_STEPS_PER_INSTANT: u64 = 20_000_000;
+
 /// Why the runtime stopped before the awaited work completed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RuntimeError {
@@ -141,9 +145,11 @@ impl SimExecutor {
 
     /// Runs every runnable task until none is left.
     fn run_ready(&mut self) -> Result<(), RuntimeError> {
+        let mut at_this_instant = 0u64;
         while self.ex.try_tick() {
             self.steps += 1;
-            if self.steps > self.step_budget {
+            at_this_instant += 1;
+            if self.steps > self.step_budget || at_this_instant > MAX_STEPS_PER_INSTANT {
                 return Err(RuntimeError::StepBudgetExceeded {
                     steps: self.steps,
                     now: self.clock.now(),

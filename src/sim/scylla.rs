@@ -58,6 +58,9 @@ pub struct ClusterConfig {
     pub client_timestamps: bool,
     /// Offset of the writer's own clock from true time (used with `client_timestamps`).
     pub client_clock_skew_ms: i64,
+    /// Resolution of the writer's clock in µs (1000 = a millisecond clock, so bursts share
+    /// timestamps); used with `client_timestamps`.
+    pub client_timestamp_resolution_us: i64,
     /// Smallest replication (visibility) delay.
     pub replication_delay_min_ms: i64,
     /// Largest ordinary replication delay.
@@ -130,6 +133,7 @@ impl Default for ClusterConfig {
             clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             client_timestamps: false,
             client_clock_skew_ms: 0,
+            client_timestamp_resolution_us: 1,
             replication_delay_min_ms: DEFAULT_REPLICATION_DELAY_MIN_MS,
             replication_delay_max_ms: DEFAULT_REPLICATION_DELAY_MAX_MS,
             stall_probability: DEFAULT_STALL_PROBABILITY,
@@ -250,6 +254,8 @@ pub struct DbFaults {
     pub read_timeout_probability: f64,
     /// Probability that a write times out (and is not applied).
     pub write_timeout_probability: f64,
+    /// Extra visibility delay of every write (a replication stall).
+    pub stall_all_ms: i64,
 }
 
 /// The state behind a [`SimCluster`] handle.
@@ -344,6 +350,11 @@ impl SimCluster {
     /// Sets the probability that a read times out.
     pub fn set_read_timeout_probability(&self, p: f64) {
         self.state.borrow_mut().faults.read_timeout_probability = p;
+    }
+
+    /// Delays the visibility of every write by `stall_ms` (0 heals).
+    pub fn set_stall_all_ms(&self, stall_ms: i64) {
+        self.state.borrow_mut().faults.stall_all_ms = stall_ms;
     }
 
     /// Sets the probability that a write times out (unapplied).
@@ -469,7 +480,7 @@ impl ClusterState {
         {
             delay += ms(self.config.stall_ms);
         }
-        let visible_at = now + delay;
+        let visible_at = now + delay + ms(self.faults.stall_all_ms);
         let event = OutboxEvent {
             created_at: ts,
             ..batch.event
@@ -511,11 +522,8 @@ impl ClusterState {
         self.tables.orders.insert(order.id, order);
         self.tables
             .insert_outbox(event.clone(), visible_at, outbox_expiry);
-        self.log.insert(
-            row,
-            visible_at,
-            now + Duration::from_secs(self.config.cdc_ttl_s as u64),
-        );
+        let log_expiry = now + Duration::from_secs(self.config.cdc_ttl_s as u64);
+        self.log.insert(row, visible_at, log_expiry);
 
         self.writes_since_purge += 1;
         if self.writes_since_purge >= PURGE_EVERY_WRITES {
@@ -526,6 +534,7 @@ impl ClusterState {
         Ok(Committed {
             event,
             visible_at: Some(visible_at),
+            expires_at: Some(log_expiry.min(outbox_expiry)),
         })
     }
 }

@@ -6,7 +6,6 @@
 //! timeout before a timed-out request fails). State is evaluated when the request arrives.
 
 use std::rc::Rc;
-use std::time::Duration;
 
 use super::{Client, ClusterState, QueryKind, SimCluster, ms};
 use crate::cdc::{LogPage, PageState, StreamGroup, StreamId};
@@ -204,17 +203,21 @@ impl OutboxStore for SimStore {
     }
 }
 
-/// The relay's checkpoint table on the simulated cluster; saves are recorded in the history.
+/// The relay's checkpoint table on the simulated cluster, as one relay incarnation sees it;
+/// saves and loads are recorded in the history under that incarnation.
 #[derive(Clone, Debug)]
 pub struct SimCheckpoints {
     store: SimStore,
+    incarnation: u32,
 }
 
 impl SimCheckpoints {
-    /// The checkpoint table of `cluster`, accessed by the relay, timed by `clock`.
-    pub fn new(cluster: SimCluster, clock: Rc<dyn Clock>) -> Self {
+    /// The checkpoint table of `cluster`, accessed by relay incarnation `incarnation`, timed by
+    /// `clock`.
+    pub fn new(cluster: SimCluster, clock: Rc<dyn Clock>, incarnation: u32) -> Self {
         SimCheckpoints {
             store: SimStore::new(cluster, clock, Client::Relay),
+            incarnation,
         }
     }
 
@@ -247,11 +250,38 @@ impl SimCheckpoints {
             let now = store.clock.now();
             let mut s = store.cluster.state_mut();
             apply(&mut s);
-            s.history
-                .record(now, OpKind::CheckpointSaved { what, position });
+            let incarnation = self.incarnation;
+            s.history.record(
+                now,
+                OpKind::CheckpointSaved {
+                    what,
+                    position,
+                    incarnation,
+                },
+            );
         }
-        store.clock.sleep(latency.max(Duration::ZERO)).await;
+        store.clock.sleep(latency).await;
         Ok(())
+    }
+
+    async fn load<T: Copy>(
+        &self,
+        what: CheckpointWhat,
+        read: impl FnOnce(&ClusterState) -> Option<T>,
+        position: impl FnOnce(T) -> Timestamp,
+    ) -> Result<Option<T>, StoreError> {
+        let v = self
+            .store
+            .read(QueryKind::CheckpointRead, |s, _| (read(s), 1, 1))
+            .await?;
+        let now = self.store.clock.now();
+        let op = OpKind::CheckpointLoaded {
+            what,
+            position: v.map(position),
+            incarnation: self.incarnation,
+        };
+        self.store.cluster.state_mut().history.record(now, op);
+        Ok(v)
     }
 }
 
@@ -265,9 +295,11 @@ impl CheckpointStore for SimCheckpoints {
     }
 
     fn load_cursor(&self) -> LocalFuture<'_, Result<Option<Cursor>, StoreError>> {
-        Box::pin(self.store.read(QueryKind::CheckpointRead, |s, _| {
-            (s.checkpoints.cursor, 1, 1)
-        }))
+        Box::pin(self.load(
+            CheckpointWhat::Cursor,
+            |s| s.checkpoints.cursor,
+            |c| c.created_at,
+        ))
     }
 
     fn save_generation(&self, generation: Timestamp) -> LocalFuture<'_, Result<(), StoreError>> {
@@ -277,9 +309,11 @@ impl CheckpointStore for SimCheckpoints {
     }
 
     fn load_generation(&self) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        Box::pin(self.store.read(QueryKind::CheckpointRead, |s, _| {
-            (s.checkpoints.generation, 1, 1)
-        }))
+        Box::pin(self.load(
+            CheckpointWhat::Generation,
+            |s| s.checkpoints.generation,
+            |g| g,
+        ))
     }
 
     fn save_stream(
@@ -296,8 +330,10 @@ impl CheckpointStore for SimCheckpoints {
         &self,
         stream: StreamId,
     ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        Box::pin(self.store.read(QueryKind::CheckpointRead, move |s, _| {
-            (s.checkpoints.streams.get(&stream).copied(), 1, 1)
-        }))
+        Box::pin(self.load(
+            CheckpointWhat::Stream(stream),
+            move |s| s.checkpoints.streams.get(&stream).copied(),
+            |t| t,
+        ))
     }
 }
