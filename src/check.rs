@@ -358,7 +358,8 @@ pub fn analyze(ops: &[Op]) -> Analysis {
             let write_ts = commits.get(event).map_or(Timestamp::MIN, |c| c.write_ts);
             let m = max_seq.entry(*aggregate).or_insert((0, Timestamp::MIN));
             if *seq < m.0 {
-                let caused_by_writer = write_ts > m.1;
+                // Equal timestamps count too: Scylla orders them by the timeuuid's random bits.
+                let caused_by_writer = write_ts >= m.1;
                 if caused_by_writer {
                     a.cover("writer_timestamp_inversion", 1);
                 } else {

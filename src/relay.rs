@@ -133,8 +133,8 @@ pub enum Preset {
     StreamDefault,
     /// scylla-cdc defaults + save/load progress, `start_timestamp` left at now (scylla-cdc #120).
     StreamCheckpointed,
-    /// + `start_timestamp` = now − CDC TTL when resuming, now − safety interval on a first start,
-    /// and a checkpoint saver that never moves a checkpoint back.
+    /// stream-checkpointed with `start_timestamp` = now − CDC TTL when resuming, now − safety
+    /// interval on a first start, and a checkpoint saver that never moves a checkpoint back.
     StreamSafe,
     /// stream-safe with low-latency settings.
     StreamTuned,

@@ -436,6 +436,7 @@ fn checkpoints_never_pass_unpublished_rows() {
                 OpKind::CheckpointSaved {
                     what: CheckpointWhat::Cursor,
                     position,
+                    ..
                 } => {
                     for (e, created_at) in &log.outbox {
                         if created_at < position {
@@ -450,6 +451,7 @@ fn checkpoints_never_pass_unpublished_rows() {
                 OpKind::CheckpointSaved {
                     what: CheckpointWhat::Stream(s),
                     position,
+                    ..
                 } => {
                     for (e, created_at) in log.by_stream.get(s).into_iter().flatten() {
                         if created_at < position && *created_at < op.at - Duration::from_secs(5) {

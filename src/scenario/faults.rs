@@ -479,7 +479,7 @@ mod tests {
         let a = swarm(Seed(1), 180.0);
         assert_eq!(a, swarm(Seed(1), 180.0));
         let sizes: Vec<usize> = (0..50).map(|s| swarm(Seed(s), 180.0).len()).collect();
-        assert!(sizes.iter().any(|&n| n == 0) || sizes.iter().min() < sizes.iter().max());
+        assert!(sizes.contains(&0) || sizes.iter().min() < sizes.iter().max());
         let kinds_seen = (0..200)
             .map(|s| swarm(Seed(s), 180.0))
             .fold([false; 10], |mut k, f| {
