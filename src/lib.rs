@@ -7,7 +7,9 @@
 pub mod cdc;
 pub mod check;
 pub mod history;
+
 pub mod hunt;
+pub mod live;
 pub mod model;
 pub mod mutants;
 pub mod ports;
