@@ -125,6 +125,30 @@ struct Commit {
 /// Per event: every publish as (time, incarnation).
 type Publishes = BTreeMap<EventId, Vec<(Timestamp, u32)>>;
 
+/// Every event's delivery latency (first publish − commit) in µs, in commit order; events never
+/// published are left out.
+pub fn delivery_latencies_us(ops: &[Op]) -> Vec<u64> {
+    let mut committed: BTreeMap<EventId, Timestamp> = BTreeMap::new();
+    let mut order: Vec<EventId> = Vec::new();
+    let mut first: BTreeMap<EventId, Timestamp> = BTreeMap::new();
+    for op in ops {
+        match &op.kind {
+            OpKind::Committed { event, .. } => {
+                committed.insert(*event, op.at);
+                order.push(*event);
+            }
+            OpKind::Published { event, .. } => {
+                first.entry(*event).or_insert(op.at);
+            }
+            _ => {}
+        }
+    }
+    order
+        .iter()
+        .filter_map(|e| Some(first.get(e)?.saturating_since(committed[e]).as_micros() as u64))
+        .collect()
+}
+
 /// Analyses a history.
 pub fn analyze(ops: &[Op]) -> Analysis {
     let mut a = Analysis::default();
