@@ -18,12 +18,16 @@ fn bench(c: &mut Criterion) {
     sc.workload.bursts.clear();
     sc.workload.orders_per_s = 100.0;
     let mut group = c.benchmark_group("relay");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     for p in PRESETS {
         let relay = Rc::new(p.relay(sc.visibility_bound(), sc.cdc_ttl()));
         let events = run(&sc, relay.clone(), Seed(1)).expect("runs").committed;
         group.throughput(Throughput::Elements(events));
-        group.bench_function(p.name(), |b| b.iter(|| run(&sc, relay.clone(), Seed(1)).expect("runs")));
+        group.bench_function(p.name(), |b| {
+            b.iter(|| run(&sc, relay.clone(), Seed(1)).expect("runs"))
+        });
     }
     group.finish();
 }

@@ -12,11 +12,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use outbox_sim::hunt::{RelaySpec, hunt, hunt_scenario, run_case, scenario_toml, swarm_scenario};
+use outbox_sim::hunt::{RelaySpec, hunt, hunt_scenario, scenario_toml, swarm_scenario};
 use outbox_sim::mutants::MUTANTS;
 use outbox_sim::relay::{PRESETS, Preset};
 use outbox_sim::report::{compare_json, compare_table, report_json};
-use outbox_sim::scenario::{RunReport, Scenario, run};
+use outbox_sim::scenario::{RunReport, Scenario, run, run_world};
 use outbox_sim::seed::Seed;
 
 /// Poll vs CDC-stream outbox relays on a simulated ScyllaDB + Kafka, measured and broken.
@@ -206,12 +206,13 @@ fn execute(command: Command) -> Result<ExitCode, String> {
                 (None, false) => Scenario::default_scenario(),
             };
             let replay = replay_line(spec, seed, &scenario, swarm);
-            let report = run_case(&base, spec, Seed(seed), swarm).map_err(|e| e.to_string())?;
             let sc = if swarm {
                 swarm_scenario(&base, Seed(seed))
             } else {
                 base
             };
+            let (report, sim) =
+                run_world(&sc, spec.relay(&sc), Seed(seed)).map_err(|e| e.to_string())?;
             if json {
                 let mut v = report_json(&report);
                 v["replay"] = replay.into();
@@ -222,6 +223,14 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             } else {
                 println!("replay: {replay}");
                 print_verdict(&sc, &report);
+                if let Some(first) = report.first_failure() {
+                    let history = sim.history();
+                    let ops = history.ops();
+                    println!("ops around it:");
+                    for op in first.context(&ops, 15) {
+                        println!("  {} {:?}", op.at, op.kind);
+                    }
+                }
             }
             Ok(if report.failed() {
                 ExitCode::from(1)
