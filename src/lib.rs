@@ -18,4 +18,5 @@ pub mod report;
 pub mod scenario;
 pub mod seed;
 pub mod sim;
+pub mod sweep;
 pub mod writer;

@@ -86,6 +86,19 @@ enum Command {
     },
     /// List the mutants and the bugs they reproduce.
     Mutants,
+    /// Sweep stream safety/sleep/window and polling interval/lag; print the latency vs
+    /// queries/min Pareto frontier (loss-free points only).
+    Sweep {
+        /// Scenario file (default: the default scenario).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Seed of every run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(scenario: &Option<PathBuf>) -> Result<Scenario, String> {
@@ -335,6 +348,56 @@ fn execute(command: Command) -> Result<ExitCode, String> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Sweep {
+            scenario,
+            seed,
+            json,
+        } => {
+            let sc = load(&scenario)?;
+            let points = outbox_sim::sweep::default_grid(&sc);
+            let bar = if json {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new(points.len() as u64)
+            };
+            let mut results = outbox_sim::sweep::sweep(&sc, &points, Seed(seed), || bar.inc(1))
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results).expect("json"));
+            } else {
+                results.sort_by(|a, b| a.queries_per_min.total_cmp(&b.queries_per_min));
+                println!(
+                    "scenario {}, seed {seed} — p99/p50 are simulated latency; * = Pareto frontier among loss-free points",
+                    sc.name
+                );
+                println!(
+                    "{:<45} {:>10} {:>10} {:>12} {:>12} {:>12} {:>6}",
+                    "configuration",
+                    "p99",
+                    "p50",
+                    "queries/min",
+                    "rows/min",
+                    "catch-up max",
+                    "lost"
+                );
+                for r in &results {
+                    println!(
+                        "{:<45} {:>8.0}ms {:>8.0}ms {:>12.0} {:>12.0} {:>10.0}ms {:>6}  {}{}",
+                        r.label,
+                        r.latency_p99_ms,
+                        r.latency_p50_ms,
+                        r.queries_per_min,
+                        r.rows_scanned_per_min,
+                        r.catch_up_max_ms,
+                        r.lost,
+                        if r.frontier { "*" } else { "" },
+                        if r.clean { "" } else { " (anomalies)" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Mutants => {
             for m in MUTANTS {
