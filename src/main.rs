@@ -40,6 +40,9 @@ enum Command {
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write target/outbox-sim/report.html (latency CDF per preset and the table).
+        #[arg(long)]
+        html: bool,
     },
     /// List the relay presets and their settings.
     Presets {
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
         scenario: None,
         seed: 1,
         json: false,
+        html: false,
     });
     match execute(command) {
         Ok(code) => code,
@@ -167,11 +171,18 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             scenario,
             seed,
             json,
+            html,
         } => {
             let sc = load(&scenario)?;
             let started = Instant::now();
             let reports = run_all(&sc, Seed(seed))?;
             let wall = started.elapsed();
+            if html {
+                let path = write_report(&outbox_sim::report::html_report(
+                    &sc.name, seed, &reports, None,
+                ))?;
+                eprintln!("wrote {path}");
+            }
             if json {
                 println!(
                     "{}",
@@ -364,6 +375,14 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             let mut results = outbox_sim::sweep::sweep(&sc, &points, Seed(seed), || bar.inc(1))
                 .map_err(|e| e.to_string())?;
             bar.finish_and_clear();
+            let reports = run_all(&sc, Seed(seed))?;
+            let path = write_report(&outbox_sim::report::html_report(
+                &sc.name,
+                seed,
+                &reports,
+                Some(&results),
+            ))?;
+            eprintln!("wrote {path}");
             if json {
                 println!("{}", serde_json::to_string_pretty(&results).expect("json"));
             } else {
@@ -406,6 +425,16 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Writes the HTML report to target/outbox-sim/report.html.
+fn write_report(html: &str) -> Result<String, String> {
+    let dir = PathBuf::from("target/outbox-sim");
+    let path = dir.join("report.html");
+    std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, html))
+        .map_err(|e| format!("{}: cannot write the report: {e}", path.display()))?;
+    Ok(path.display().to_string())
 }
 
 fn replay_line(spec: RelaySpec, seed: u64, scenario: &Option<PathBuf>, swarm: bool) -> String {

@@ -55,6 +55,9 @@ pub struct RunReport {
     pub digest: String,
     /// History length.
     pub history_ops: usize,
+    /// The latency CDF of every delivered event: (latency ms, fraction ≤ it), 200 points.
+    #[serde(skip)]
+    pub latency_cdf: Vec<(f64, f64)>,
 }
 
 impl std::ops::Deref for RunReport {
@@ -155,6 +158,15 @@ pub fn run_world(
         .map(|(_, k, c)| (k, c.queries))
         .collect();
     let analysis = analyze(&history.ops());
+    let mut latencies = crate::check::delivery_latencies_us(&history.ops());
+    latencies.sort_unstable();
+    let latency_cdf = (1..=200)
+        .filter_map(|i| {
+            let q = i as f64 / 200.0;
+            let idx = ((latencies.len() as f64 * q).ceil() as usize).checked_sub(1)?;
+            Some((latencies[idx] as f64 / 1_000.0, q))
+        })
+        .collect();
     let report = RunReport {
         relay: relay.name(),
         scenario: scenario.name.clone(),
@@ -167,6 +179,7 @@ pub fn run_world(
         steps: sim.steps(),
         digest: format!("{:016x}", history.digest()),
         history_ops: history.len(),
+        latency_cdf,
     };
     Ok((report, sim))
 }
