@@ -60,7 +60,7 @@ pub const CONSUMER_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Where reading starts (scylla-cdc's `start_timestamp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartTimestamp {
-    /// `SystemTime::now()` when the builder is created (the library default).
+    /// The system clock when the builder is created (the library default).
     Now,
     /// `now − d`, always.
     Ago(Duration),
