@@ -7,11 +7,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::cdc::{LogPage, PageState, StreamGroup, StreamId};
+use crate::cdc::{LogPage, PageState, StreamId};
 use crate::model::{OutboxEvent, Timestamp};
 use crate::ports::{
-    Clock, Committed, Delivery, LocalFuture, OrderBatch, OutboxStore, PublishError, Publisher,
-    ScanFrom, StoreError,
+    Clock, Delivery, LocalFuture, OutboxStore, PublishError, Publisher, ScanFrom, StoreError,
 };
 use crate::relay::{
     AnyRelay, CursorMode, PollingConfig, PollingRelay, Preset, Relay, RelayContext, RelayError,
@@ -296,30 +295,7 @@ struct Lying {
 }
 
 impl OutboxStore for Lying {
-    fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>> {
-        self.inner.write(batch)
-    }
-
-    fn scan_outbox(
-        &self,
-        from: ScanFrom,
-        until: Timestamp,
-        page: usize,
-    ) -> LocalFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
-        self.inner.scan_outbox(from, until, page)
-    }
-
-    fn peer_count(&self) -> LocalFuture<'_, Result<usize, StoreError>> {
-        self.inner.peer_count()
-    }
-
-    fn generation_at(
-        &self,
-        t: Timestamp,
-    ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.generation_at(t)
-    }
-
+    crate::forward_outbox_store!(inner: write, scan_outbox, peer_count, generation_at, first_generation, stream_groups);
     fn next_generation(
         &self,
         g: Timestamp,
@@ -329,14 +305,6 @@ impl OutboxStore for Lying {
         } else {
             Box::pin(async { Ok(None) })
         }
-    }
-
-    fn first_generation(&self) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.first_generation()
-    }
-
-    fn stream_groups(&self, g: Timestamp) -> LocalFuture<'_, Result<Vec<StreamGroup>, StoreError>> {
-        self.inner.stream_groups(g)
     }
 
     fn read_log<'a>(

@@ -157,6 +157,75 @@ pub trait OutboxStore {
     ) -> LocalFuture<'a, Result<LogPage, StoreError>>;
 }
 
+/// Implements the listed [`OutboxStore`] methods by forwarding them to `self.$inner` — for port
+/// wrappers (fault triggers, mutants, recorders) that intercept only a few methods.
+///
+/// ```ignore
+/// impl OutboxStore for Recording {
+///     outbox_sim::forward_outbox_store!(inner: write, scan_outbox, peer_count);
+///     fn read_log<'a>(/* … */) { /* the intercepted method */ }
+///     // …
+/// }
+/// ```
+#[macro_export]
+macro_rules! forward_outbox_store {
+    ($inner:ident : $($method:ident),* $(,)?) => {
+        $($crate::forward_outbox_store!(@one $inner $method);)*
+    };
+    (@one $inner:ident write) => {
+        fn write(&self, batch: $crate::ports::OrderBatch) -> $crate::ports::LocalFuture<'_, Result<$crate::ports::Committed, $crate::ports::StoreError>> {
+            self.$inner.write(batch)
+        }
+    };
+    (@one $inner:ident scan_outbox) => {
+        fn scan_outbox(
+            &self,
+            from: $crate::ports::ScanFrom,
+            until: $crate::model::Timestamp,
+            page_size: usize,
+        ) -> $crate::ports::LocalFuture<'_, Result<Vec<$crate::model::OutboxEvent>, $crate::ports::StoreError>> {
+            self.$inner.scan_outbox(from, until, page_size)
+        }
+    };
+    (@one $inner:ident peer_count) => {
+        fn peer_count(&self) -> $crate::ports::LocalFuture<'_, Result<usize, $crate::ports::StoreError>> {
+            self.$inner.peer_count()
+        }
+    };
+    (@one $inner:ident generation_at) => {
+        fn generation_at(&self, t: $crate::model::Timestamp) -> $crate::ports::LocalFuture<'_, Result<Option<$crate::model::Timestamp>, $crate::ports::StoreError>> {
+            self.$inner.generation_at(t)
+        }
+    };
+    (@one $inner:ident next_generation) => {
+        fn next_generation(&self, g: $crate::model::Timestamp) -> $crate::ports::LocalFuture<'_, Result<Option<$crate::model::Timestamp>, $crate::ports::StoreError>> {
+            self.$inner.next_generation(g)
+        }
+    };
+    (@one $inner:ident first_generation) => {
+        fn first_generation(&self) -> $crate::ports::LocalFuture<'_, Result<Option<$crate::model::Timestamp>, $crate::ports::StoreError>> {
+            self.$inner.first_generation()
+        }
+    };
+    (@one $inner:ident stream_groups) => {
+        fn stream_groups(&self, g: $crate::model::Timestamp) -> $crate::ports::LocalFuture<'_, Result<Vec<$crate::cdc::StreamGroup>, $crate::ports::StoreError>> {
+            self.$inner.stream_groups(g)
+        }
+    };
+    (@one $inner:ident read_log) => {
+        fn read_log<'a>(
+            &'a self,
+            streams: &'a [$crate::cdc::StreamId],
+            from: $crate::model::Timestamp,
+            to: $crate::model::Timestamp,
+            page: Option<$crate::cdc::PageState>,
+            page_size: usize,
+        ) -> $crate::ports::LocalFuture<'a, Result<$crate::cdc::LogPage, $crate::ports::StoreError>> {
+            self.$inner.read_log(streams, from, to, page, page_size)
+        }
+    };
+}
+
 /// Durable relay progress, kept in the cluster (like scylla-cdc's `TableBackedCheckpointSaver`
 /// table), so it survives relay crashes and is unreachable when the cluster is.
 pub trait CheckpointStore {

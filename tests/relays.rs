@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use outbox_sim::cdc::{LogPage, PageState, StreamGroup, StreamId};
 use outbox_sim::history::{CheckpointWhat, OpKind};
-use outbox_sim::model::{Cursor, OutboxEvent, Timestamp};
-use outbox_sim::ports::{
-    CheckpointStore, Clock, Committed, LocalFuture, OrderBatch, OutboxStore, ScanFrom, StoreError,
-};
+use outbox_sim::model::{Cursor, Timestamp};
+use outbox_sim::ports::{CheckpointStore, Clock, LocalFuture, OutboxStore, StoreError};
 use outbox_sim::relay::{Preset, Relay, RelayContext, StartTimestamp, StreamConfig, StreamRelay};
 use outbox_sim::scenario::workload::{WorkloadConfig, drive};
 use outbox_sim::scenario::{Scenario, run};
@@ -38,38 +36,7 @@ struct Recording {
 }
 
 impl OutboxStore for Recording {
-    fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>> {
-        self.inner.write(batch)
-    }
-    fn scan_outbox(
-        &self,
-        from: ScanFrom,
-        until: Timestamp,
-        page: usize,
-    ) -> LocalFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
-        self.inner.scan_outbox(from, until, page)
-    }
-    fn peer_count(&self) -> LocalFuture<'_, Result<usize, StoreError>> {
-        self.inner.peer_count()
-    }
-    fn generation_at(
-        &self,
-        t: Timestamp,
-    ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.generation_at(t)
-    }
-    fn next_generation(
-        &self,
-        g: Timestamp,
-    ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.next_generation(g)
-    }
-    fn first_generation(&self) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.first_generation()
-    }
-    fn stream_groups(&self, g: Timestamp) -> LocalFuture<'_, Result<Vec<StreamGroup>, StoreError>> {
-        self.inner.stream_groups(g)
-    }
+    outbox_sim::forward_outbox_store!(inner: write, scan_outbox, peer_count, generation_at, next_generation, first_generation, stream_groups);
     fn read_log<'a>(
         &'a self,
         streams: &'a [StreamId],

@@ -13,8 +13,8 @@ use crate::cdc::{LogPage, PageState, StreamGroup, StreamId};
 use crate::history::{History, OpKind};
 use crate::model::{Cursor, OutboxEvent, Timestamp};
 use crate::ports::{
-    CheckpointStore, Clock, Committed, Delivery, LocalFuture, OrderBatch, OutboxStore,
-    PublishError, Publisher, ScanFrom, StoreError,
+    CheckpointStore, Clock, Delivery, LocalFuture, OutboxStore, PublishError, Publisher, ScanFrom,
+    StoreError,
 };
 use crate::scenario::faults::{CrashTrigger, Trigger};
 
@@ -141,10 +141,7 @@ struct WiredStore {
 }
 
 impl OutboxStore for WiredStore {
-    fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>> {
-        self.inner.write(batch)
-    }
-
+    crate::forward_outbox_store!(inner: write, peer_count, generation_at, next_generation, first_generation);
     fn scan_outbox(
         &self,
         from: ScanFrom,
@@ -158,28 +155,6 @@ impl OutboxStore for WiredStore {
             }
             Ok(rows)
         })
-    }
-
-    fn peer_count(&self) -> LocalFuture<'_, Result<usize, StoreError>> {
-        self.inner.peer_count()
-    }
-
-    fn generation_at(
-        &self,
-        t: Timestamp,
-    ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.generation_at(t)
-    }
-
-    fn next_generation(
-        &self,
-        g: Timestamp,
-    ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.next_generation(g)
-    }
-
-    fn first_generation(&self) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-        self.inner.first_generation()
     }
 
     fn stream_groups(&self, g: Timestamp) -> LocalFuture<'_, Result<Vec<StreamGroup>, StoreError>> {
