@@ -138,6 +138,18 @@ impl CdcTime {
         Uuid::new_v1(ts, &node)
     }
 
+    /// Reads a version-1 timeuuid back (the inverse of [`CdcTime::to_uuid`]); `None` for other
+    /// versions.
+    pub fn from_uuid(u: Uuid) -> Option<Self> {
+        let (ticks, clock_seq) = u.get_timestamp()?.to_gregorian();
+        let micros = (ticks.wrapping_sub(UUID_TICKS_AT_UNIX_EPOCH) as i64).div_euclid(10);
+        let b = u.as_bytes();
+        let mut node = [0u8; 8];
+        node[2..].copy_from_slice(&b[10..16]);
+        let lsb = (u64::from(clock_seq & 0x3fff) << 48) | u64::from_be_bytes(node);
+        Some(CdcTime { micros, lsb })
+    }
+
     /// The write timestamp.
     pub fn timestamp(self) -> Timestamp {
         Timestamp(self.micros)
@@ -220,5 +232,10 @@ mod tests {
         assert_eq!(u.get_version_num(), 1);
         let (secs, nanos) = u.get_timestamp().expect("v1").to_unix();
         assert_eq!(secs as i64 * 1_000_000 + i64::from(nanos / 1_000), t.micros);
+        // Reading it back keeps the timestamp and the 14-bit clock sequence + node.
+        let back = CdcTime::from_uuid(u).expect("v1");
+        assert_eq!(back.micros, t.micros);
+        assert_eq!(back.lsb, t.lsb & 0x3fff_ffff_ffff_ffff);
+        assert_eq!(back.to_uuid(), u);
     }
 }

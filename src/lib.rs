@@ -5,6 +5,7 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod cdc;
+pub mod front;
 pub mod check;
 pub mod history;
 

@@ -4,12 +4,21 @@
 //! - [`WallClock`]: the [`Clock`] port on the system clock (smol timers);
 //! - [`kafka`]: the [`Publisher`](crate::ports::Publisher) port over rdkafka's `FutureProducer`
 //!   on smol (no tokio), tested in `cargo test` against librdkafka's in-process mock cluster;
+//! - [`scylla`]: the [`OutboxStore`](crate::ports::OutboxStore) and
+//!   [`CheckpointStore`](crate::ports::CheckpointStore) ports over the `scylla` driver;
+//! - [`scylla_cdc`]: a [`Relay`](crate::relay::Relay) that runs the real scylla-cdc
+//!   `CDCLogReader`, each stream preset mapped to its builder settings;
+//! - [`pipeline`]: the writer, a relay and the checker wired to live ports (`outbox-sim live`);
 //! - [`docker_available`]: the probe live-container tests use to skip (or fail, with
 //!   `OUTBOX_SIM_REQUIRE_DOCKER=1`) when no Docker engine is reachable.
 //!
-//! The ScyllaDB side (`live::scylla`, `live::scylla_cdc`) is not built yet (issue E).
+//! The scylla driver and scylla-cdc need tokio; they are entered through `async-compat` inside
+//! this module only.
 
 pub mod kafka;
+pub mod pipeline;
+pub mod scylla;
+pub mod scylla_cdc;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -185,3 +185,74 @@ impl Publisher for KafkaPublisher {
         })
     }
 }
+
+/// One record read back from the topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadBack {
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// The record key (the aggregate id as text).
+    pub key: String,
+    /// The `id` header (the event id as text).
+    pub id: String,
+}
+
+/// Reads every partition of `topic` from the beginning until `want` records arrived and one
+/// more poll came back empty, or `timeout` passed. Records without a key or `id` header are
+/// returned with empty strings (the caller counts them), not dropped.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Result<Vec<ReadBack>, String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "outbox-sim-read-back")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let meta = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let id = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "id"))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                out.push(ReadBack {
+                    partition: m.partition() as u32,
+                    offset: m.offset() as u64,
+                    key: m
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    id,
+                });
+            }
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            None if out.len() >= want => break,
+            None => {}
+        }
+    }
+    Ok(out)
+}

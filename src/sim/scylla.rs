@@ -215,6 +215,13 @@ impl QueryStats {
         &mut self.counts[client as usize][kind as usize]
     }
 
+    /// Counts one request of `client` and `kind` that read `rows` rows.
+    pub fn add(&mut self, client: Client, kind: QueryKind, rows: usize) {
+        let slot = self.slot(client, kind);
+        slot.queries += 1;
+        slot.rows_scanned += rows as u64;
+    }
+
     /// Counter of one client and kind.
     pub fn get(&self, client: Client, kind: QueryKind) -> QueryCount {
         self.counts[client as usize][kind as usize]
@@ -420,9 +427,7 @@ impl ClusterState {
     }
 
     pub(crate) fn count(&mut self, client: Client, kind: QueryKind, rows: usize) {
-        let slot = self.stats.slot(client, kind);
-        slot.queries += 1;
-        slot.rows_scanned += rows as u64;
+        self.stats.add(client, kind, rows);
     }
 
     pub(crate) fn cfg(&self) -> &ClusterConfig {
