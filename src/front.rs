@@ -400,12 +400,17 @@ fn opcode(op: u8) -> Option<Opcode> {
     })
 }
 
-fn values(v: Option<&QueryValues>, binds: &[(String, catalog::Ty)]) -> Result<Vec<catalog::V>, CqlError> {
+fn values(
+    v: Option<&QueryValues>,
+    binds: &[(String, catalog::Ty)],
+) -> Result<Vec<catalog::V>, CqlError> {
     let raw: Vec<Value> = match v {
         None => Vec::new(),
         Some(QueryValues::SimpleValues(v)) => v.clone(),
         Some(QueryValues::NamedValues(_)) => {
-            return Err(CqlError::Invalid("named bind values are not supported".into()));
+            return Err(CqlError::Invalid(
+                "named bind values are not supported".into(),
+            ));
         }
     };
     if raw.len() != binds.len() {
@@ -422,12 +427,17 @@ fn values(v: Option<&QueryValues>, binds: &[(String, catalog::Ty)]) -> Result<Ve
                 Value::Some(b) => Some(b.as_slice()),
                 Value::Null | Value::NotSet => None,
             };
-            catalog::V::decode(ty, bytes).map_err(|e| CqlError::Invalid(format!("value of {name}: {e}")))
+            catalog::V::decode(ty, bytes)
+                .map_err(|e| CqlError::Invalid(format!("value of {name}: {e}")))
         })
         .collect()
 }
 
-fn prepare(shared: &Shared, text: &str, keyspace: &str) -> Result<(Vec<u8>, Rc<Prepared>), CqlError> {
+fn prepare(
+    shared: &Shared,
+    text: &str,
+    keyspace: &str,
+) -> Result<(Vec<u8>, Rc<Prepared>), CqlError> {
     let id = prepared_id(text);
     if let Some(p) = shared.prepared.borrow().get(&id) {
         return Ok((id, p.clone()));
@@ -540,7 +550,9 @@ async fn handle(
     keyspace: &RefCell<String>,
 ) -> Result<(u8, Vec<u8>), CqlError> {
     let Some(opc) = opcode(op) else {
-        return Err(CqlError::Protocol(format!("unknown or server-side opcode 0x{op:02x}")));
+        return Err(CqlError::Protocol(format!(
+            "unknown or server-side opcode 0x{op:02x}"
+        )));
     };
     let req = RequestBody::try_from(body, opc, Version::V4)
         .map_err(|e| CqlError::Protocol(format!("malformed {opc:?} body: {e}")))?;
@@ -550,14 +562,21 @@ async fn handle(
             let mut data = HashMap::new();
             data.insert("CQL_VERSION".to_string(), vec!["3.3.1".to_string()]);
             data.insert("COMPRESSION".to_string(), Vec::new());
-            Ok((OP_SUPPORTED, BodyResSupported { data }.serialize_to_vec(Version::V4)))
+            Ok((
+                OP_SUPPORTED,
+                BodyResSupported { data }.serialize_to_vec(Version::V4),
+            ))
         }
         RequestBody::Startup(s) => match s.map.get("COMPRESSION") {
-            Some(c) => Err(CqlError::Protocol(format!("compression {c} is not supported"))),
+            Some(c) => Err(CqlError::Protocol(format!(
+                "compression {c} is not supported"
+            ))),
             None => Ok((OP_READY, Vec::new())),
         },
         RequestBody::Register(_) => Ok((OP_READY, Vec::new())),
-        RequestBody::AuthResponse(_) => Err(CqlError::Protocol("authentication is not required".into())),
+        RequestBody::AuthResponse(_) => {
+            Err(CqlError::Protocol("authentication is not required".into()))
+        }
         RequestBody::Prepare(p) => {
             let (id, prepared) = prepare(shared, &p.query, &ks)?;
             let result = result_columns(&prepared.stmt, &ks)?;
@@ -566,11 +585,15 @@ async fn handle(
                 None => (None, Vec::new()),
             };
             let bind_table = match &prepared.stmt {
-                Statement::Select { keyspace: k, table, .. }
-                | Statement::Insert { keyspace: k, table, .. }
-                | Statement::Update { keyspace: k, table, .. } => {
-                    exec::table(&ks, k, table).ok().map(|t| t.spec())
+                Statement::Select {
+                    keyspace: k, table, ..
                 }
+                | Statement::Insert {
+                    keyspace: k, table, ..
+                }
+                | Statement::Update {
+                    keyspace: k, table, ..
+                } => exec::table(&ks, k, table).ok().map(|t| t.spec()),
                 _ => None,
             };
             let to_specs = |cols: &[(String, catalog::Ty)]| -> Vec<ColSpec> {
@@ -607,7 +630,8 @@ async fn handle(
             Ok((OP_RESULT, body.serialize_to_vec(Version::V4)))
         }
         RequestBody::Query(q) => {
-            let stmt = cql::parse(&q.query).map_err(|e| CqlError::Invalid(format!("{e}: {}", q.query)))?;
+            let stmt =
+                cql::parse(&q.query).map_err(|e| CqlError::Invalid(format!("{e}: {}", q.query)))?;
             if let Statement::Use(k) = &stmt {
                 *keyspace.borrow_mut() = k.clone();
             }

@@ -5,8 +5,8 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod cdc;
-pub mod front;
 pub mod check;
+pub mod front;
 pub mod history;
 
 pub mod hunt;

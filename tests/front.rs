@@ -5,9 +5,7 @@
 //! takes seconds.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_sim::front::{self, FrontConfig, FrontHandle};
@@ -18,7 +16,9 @@ use outbox_sim::live::pipeline::{IncarnationPorts, LiveOptions, run_pipeline};
 use outbox_sim::live::scylla::{ScyllaCheckpoints, ScyllaStore, connect, create_schema};
 use outbox_sim::live::scylla_cdc::LibraryRelay;
 use outbox_sim::model::{AggregateId, EventId, EventType, OrderStatus, OutboxEvent, Timestamp};
-use outbox_sim::ports::{CheckpointStore, Clock, OrderBatch, OutboxStore, Publisher, ScanFrom, WriteTimestamp};
+use outbox_sim::ports::{
+    CheckpointStore, Clock, OrderBatch, OutboxStore, Publisher, ScanFrom, WriteTimestamp,
+};
 use outbox_sim::relay::{Relay, StartTimestamp, StreamConfig};
 use outbox_sim::seed::Seed;
 use outbox_sim::sim::scylla::{Client, ClusterConfig, QueryStats};
@@ -120,7 +120,10 @@ fn the_driver_connects_and_the_live_store_round_trips_through_the_front() {
         cp.save_generation(g).await.unwrap();
         assert_eq!(cp.load_generation().await.unwrap(), Some(g.floor_ms()));
         cp.save_stream(streams[0], now).await.unwrap();
-        assert_eq!(cp.load_stream(streams[0]).await.unwrap(), Some(now.floor_ms()));
+        assert_eq!(
+            cp.load_stream(streams[0]).await.unwrap(),
+            Some(now.floor_ms())
+        );
         assert_eq!(cp.load_stream(streams[1]).await.unwrap(), None);
     });
     assert_eq!(
@@ -128,4 +131,264 @@ fn the_driver_connects_and_the_live_store_round_trips_through_the_front() {
         0,
         "no request was refused"
     );
+}
+
+struct Ports {
+    store: ScyllaStore,
+    history: History,
+    bootstrap: String,
+}
+
+impl IncarnationPorts for Ports {
+    fn checkpoints(&self, n: u32) -> Rc<dyn CheckpointStore> {
+        Rc::new(ScyllaCheckpoints::new(
+            self.store.clone(),
+            self.history.clone(),
+            n,
+            "outbox",
+        ))
+    }
+
+    fn publisher(&self, _n: u32) -> Result<Rc<dyn Publisher>, String> {
+        let mut cfg = KafkaConfig::new(&self.bootstrap, "outbox");
+        cfg.linger = Duration::from_millis(1);
+        Ok(Rc::new(
+            KafkaPublisher::new(&cfg).map_err(|e| e.to_string())?,
+        ))
+    }
+}
+
+/// stream-safe's settings, scaled down: window 1 s, safety 0.5 s, sleep 0.2 s.
+fn scaled_safe() -> StreamConfig {
+    StreamConfig {
+        window_size: Duration::from_secs(1),
+        safety_interval: Duration::from_millis(500),
+        sleep_interval: Duration::from_millis(200),
+        pause_between_saves: Duration::from_millis(300),
+        start: StartTimestamp::Resume {
+            fresh: Duration::from_millis(500),
+            resuming: Duration::from_secs(3_600),
+        },
+        should_load_progress: true,
+        should_save_progress: true,
+        monotonic_checkpoints: true,
+        ..StreamConfig::default()
+    }
+}
+
+struct Run {
+    analysis: outbox_sim::check::Analysis,
+    drained: bool,
+    read_back: usize,
+    published: usize,
+    dead_letters: Vec<String>,
+    log_rows: u64,
+    connections_after_connect: u64,
+    connections_at_end: u64,
+    /// Events committed at or after the second generation's start.
+    in_new_generation: usize,
+    wall_s: f64,
+}
+
+/// The whole live pipeline on a front of `nodes` nodes: `orders` orders at 150 writes/s, the
+/// real scylla-cdc reader (relay crash after 3 s, 1 s down), a node joining 1 s in (its
+/// generation starts 1.5 s later, while the writer is still writing).
+fn live_pipeline(nodes: u32, max_page_rows: Option<usize>, orders: usize) -> Run {
+    let f = front(nodes, max_page_rows);
+    let mock = MockCluster::new(3).unwrap();
+    mock.create_topic("outbox", 6, 3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let history = History::new();
+    let (outcome, dead_letters, connections_after_connect, generation) = smol::block_on(async {
+        let s = store(&f.contact(), true).await;
+        let connections_after_connect = front::describe(&f.stats)["connections"];
+        let relay = LibraryRelay::new("stream-safe-scaled", s.session(), scaled_safe())
+            .expect("the library can run these settings");
+        let ports = Ports {
+            store: s.clone(),
+            history: history.clone(),
+            bootstrap: bootstrap.clone(),
+        };
+        let joiner = async {
+            WallClock.sleep(Duration::from_millis(1_000)).await;
+            f.join_node().expect("a node joins")
+        };
+        let opts = LiveOptions {
+            orders,
+            writes_per_s: 100.0,
+            crash_after: Some(Duration::from_millis(3_000)),
+            downtime: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+            seed: Seed(3),
+        };
+        let relay: Rc<dyn Relay> = Rc::new(relay.clone());
+        // join_node blocks this thread only while the front's thread answers (microseconds).
+        let (outcome, generation) = futures::join!(
+            run_pipeline(
+                Rc::new(s.clone()),
+                Rc::new(s.for_client(Client::Relay)),
+                &ports,
+                relay,
+                history.clone(),
+                &opts,
+            ),
+            joiner
+        );
+        (
+            outcome.expect("the pipeline runs"),
+            s.dead_letters(),
+            connections_after_connect,
+            generation,
+        )
+    });
+    let published = outcome.published.len();
+    let in_new_generation = history
+        .ops()
+        .iter()
+        .filter(|op| matches!(op.kind, outbox_sim::history::OpKind::Committed { write_ts, .. } if write_ts.as_millis() >= generation))
+        .count();
+    let read_back = read_topic(&bootstrap, "outbox", published, Duration::from_secs(20))
+        .expect("the topic reads back")
+        .len();
+    Run {
+        analysis: outcome.analysis,
+        drained: outcome.drained,
+        read_back,
+        published,
+        dead_letters,
+        log_rows: front::describe(&f.stats)["log_rows"],
+        connections_after_connect,
+        connections_at_end: front::describe(&f.stats)["connections"],
+        in_new_generation,
+        wall_s: outcome.wall_s,
+    }
+}
+
+fn assert_clean(run: &Run) {
+    let a = &run.analysis;
+    assert!(
+        run.drained,
+        "every committed event was published before the timeout"
+    );
+    assert_eq!(a.lost, 0, "lost: {:?}", a.anomalies.first());
+    assert_eq!(a.reordered, 0, "reordered: {:?}", a.anomalies.first());
+    assert_eq!(a.duplicated_unexplained, 0, "{:?}", a.anomalies.first());
+    assert_eq!(a.phantom, 0);
+    assert!(!a.failed(), "{:?}", a.anomaly_counts);
+    assert!(a.restarts >= 1, "the relay was restarted");
+    assert_eq!(
+        run.read_back, run.published,
+        "every acknowledged record is on the topic"
+    );
+    assert!(run.dead_letters.is_empty(), "{:?}", run.dead_letters);
+    assert_eq!(
+        run.connections_at_end,
+        run.connections_after_connect + 0,
+        "no reconnect loop: the sessions kept their connections"
+    );
+}
+
+#[test]
+fn real_scylla_cdc_through_a_generation_change_and_a_restart_loses_nothing() {
+    let run = live_pipeline(1, None, 150);
+    eprintln!(
+        "committed {} published {} log rows served {} in {:.1} s; {} written into the new generation",
+        run.analysis.committed, run.published, run.log_rows, run.wall_s, run.in_new_generation
+    );
+    assert_eq!(run.analysis.committed, 450);
+    assert!(
+        run.in_new_generation > 50,
+        "the writer kept writing into the new generation"
+    );
+    assert!(
+        run.log_rows >= 360,
+        "the reader read the log through the front"
+    );
+    assert_clean(&run);
+}
+
+#[test]
+fn three_nodes_and_one_row_pages_lose_nothing() {
+    let run = live_pipeline(3, Some(1), 100);
+    eprintln!(
+        "3 nodes, 1-row pages: committed {} published {} log rows served {} in {:.1} s",
+        run.analysis.committed, run.published, run.log_rows, run.wall_s
+    );
+    assert_eq!(run.analysis.committed, 300);
+    assert!(run.in_new_generation > 0);
+    assert_clean(&run);
+}
+
+/// Sends one raw frame and reads one response: (opcode, body).
+fn raw(stream: &mut std::net::TcpStream, header: [u8; 9], body: &[u8]) -> (u8, Vec<u8>) {
+    use std::io::{Read, Write};
+    stream.write_all(&header).unwrap();
+    stream.write_all(body).unwrap();
+    let mut h = [0u8; 9];
+    stream.read_exact(&mut h).unwrap();
+    let len = u32::from_be_bytes(h[5..9].try_into().unwrap()) as usize;
+    let mut b = vec![0u8; len];
+    stream.read_exact(&mut b).unwrap();
+    (h[4], b)
+}
+
+fn header(opcode: u8, len: usize) -> [u8; 9] {
+    let l = (len as u32).to_be_bytes();
+    [4, 0, 0, 1, opcode, l[0], l[1], l[2], l[3]]
+}
+
+fn error_code(body: &[u8]) -> i32 {
+    i32::from_be_bytes(body[..4].try_into().unwrap())
+}
+
+#[test]
+fn malformed_frames_unknown_opcodes_and_unsupported_statements_get_errors() {
+    let f = front(1, None);
+    let mut c = std::net::TcpStream::connect(f.addrs[0]).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // An opcode no client sends.
+    let (op, body) = raw(&mut c, header(0x42, 0), &[]);
+    assert_eq!((op, error_code(&body)), (0x00, 0x000A), "Protocol error");
+    // A QUERY whose body is truncated.
+    let (op, body) = raw(&mut c, header(0x07, 3), &[0, 0, 0]);
+    assert_eq!((op, error_code(&body)), (0x00, 0x000A));
+    // An unsupported statement: Invalid, naming it.
+    let q = b"DROP TABLE orders_ks.outbox_messages";
+    let mut qb = (q.len() as u32).to_be_bytes().to_vec();
+    qb.extend_from_slice(q);
+    qb.extend_from_slice(&[0, 1, 0]); // consistency ONE, no flags
+    let (op, body) = raw(&mut c, header(0x07, qb.len()), &qb);
+    assert_eq!((op, error_code(&body)), (0x00, 0x2200));
+    assert!(String::from_utf8_lossy(&body).contains("DROP"));
+    // An EXECUTE of an id the server never prepared: UNPREPARED with the id.
+    let eb = [0u8, 2, 0xab, 0xcd, 0, 1, 0];
+    let (op, body) = raw(&mut c, header(0x0A, eb.len()), &eb);
+    assert_eq!((op, error_code(&body)), (0x00, 0x2500));
+    assert!(body.ends_with(&[0, 2, 0xab, 0xcd]));
+    // A v5 frame: a Protocol error, and the connection still serves v4.
+    let mut h5 = header(0x05, 0);
+    h5[0] = 5;
+    let (op, body) = raw(&mut c, h5, &[]);
+    assert_eq!((op, error_code(&body)), (0x00, 0x000A));
+    let (op, _) = raw(&mut c, header(0x05, 0), &[]);
+    assert_eq!(
+        op, 0x06,
+        "SUPPORTED after the errors, on the same connection"
+    );
+    // Other connections are served too: the real driver connects and reads.
+    smol::block_on(async {
+        let s = store(&f.contact(), false).await;
+        assert_eq!(s.peer_count().await.unwrap(), 0);
+        // A dropped prepared cache: the driver re-prepares on UNPREPARED and goes on.
+        f.forget_prepared();
+        let now = WallClock.now();
+        s.write(OrderBatch {
+            status: OrderStatus::Created,
+            event: event(2, 1),
+            timestamp: WriteTimestamp::Client(now),
+        })
+        .await
+        .expect("the batch applies after re-preparing");
+    });
+    assert!(front::describe(&f.stats)["errors"] >= 5);
 }

@@ -1,7 +1,9 @@
 //! The tables the front serves, with the exact CQL column types drivers type-check against, and
 //! the cell codec (CQL v4 value encodings).
 
-use cassandra_protocol::frame::message_result::{ColSpec, ColType, ColTypeOption, ColTypeOptionValue, TableSpec};
+use cassandra_protocol::frame::message_result::{
+    ColSpec, ColType, ColTypeOption, ColTypeOptionValue, TableSpec,
+};
 use uuid::Uuid;
 
 /// A CQL column type.
@@ -163,13 +165,17 @@ impl V {
             if b.len() == n {
                 Ok(b)
             } else {
-                Err(format!("{} needs {n} bytes, got {}", ty.cql_name(), b.len()))
+                Err(format!(
+                    "{} needs {n} bytes, got {}",
+                    ty.cql_name(),
+                    b.len()
+                ))
             }
         };
         Ok(match ty {
-            Ty::Text => V::Text(
-                String::from_utf8(b.to_vec()).map_err(|_| "text is not UTF-8".to_string())?,
-            ),
+            Ty::Text => {
+                V::Text(String::from_utf8(b.to_vec()).map_err(|_| "text is not UTF-8".to_string())?)
+            }
             Ty::Uuid | Ty::Timeuuid => {
                 V::Uuid(Uuid::from_slice(fixed(16)?).map_err(|e| e.to_string())?)
             }
@@ -248,17 +254,14 @@ pub struct TableDef {
 }
 
 impl TableDef {
-    fn new(
-        keyspace: &'static str,
-        name: &str,
-        pk: usize,
-        ck: usize,
-        cols: &[(&str, Ty)],
-    ) -> Self {
+    fn new(keyspace: &'static str, name: &str, pk: usize, ck: usize, cols: &[(&str, Ty)]) -> Self {
         TableDef {
             keyspace,
             name: name.into(),
-            columns: cols.iter().map(|(n, t)| (n.to_string(), t.clone())).collect(),
+            columns: cols
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.clone()))
+                .collect(),
             partition_key: pk,
             clustering_key: ck,
         }
@@ -527,7 +530,10 @@ mod tests {
             .find(|t| t.name == "outbox_messages_scylla_cdc_log")
             .unwrap();
         let names: Vec<&str> = log.columns.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(&names[..3], ["cdc$stream_id", "cdc$time", "cdc$batch_seq_no"]);
+        assert_eq!(
+            &names[..3],
+            ["cdc$stream_id", "cdc$time", "cdc$batch_seq_no"]
+        );
         let mut rest = names[3..].to_vec();
         rest.sort();
         assert_eq!(rest, names[3..]);

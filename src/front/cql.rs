@@ -361,7 +361,10 @@ impl Parser {
                 .map(Term::Num)
                 .map_err(|_| ParseError(format!("bad number {n}"))),
             Some(Tok::Blob(b)) => Ok(Term::Blob(b)),
-            Some(Tok::Ident { text, quoted: false }) if self.eat("(") => {
+            Some(Tok::Ident {
+                text,
+                quoted: false,
+            }) if self.eat("(") => {
                 let inner = if self.eat(")") {
                     None
                 } else {
@@ -587,7 +590,9 @@ pub fn parse(text: &str) -> Result<Statement, ParseError> {
         pos: 0,
         binds: 0,
     };
-    let verb = p.ident().map_err(|_| ParseError("empty statement".into()))?;
+    let verb = p
+        .ident()
+        .map_err(|_| ParseError("empty statement".into()))?;
     match verb.as_str() {
         "select" => p.select(),
         "insert" => p.insert(),
@@ -626,10 +631,7 @@ mod tests {
         assert_eq!(conds.len(), 3);
         assert_eq!(conds[0].op, Op::In);
         assert_eq!(conds[0].term, Term::Bind(0));
-        assert_eq!(
-            conds[2].term,
-            Term::MinTimeuuid(Box::new(Term::Bind(2)))
-        );
+        assert_eq!(conds[2].term, Term::MinTimeuuid(Box::new(Term::Bind(2))));
         assert_eq!(Statement::bind_count(q), 3);
     }
 
@@ -658,7 +660,12 @@ mod tests {
     fn unsupported_and_malformed_statements_are_errors_naming_the_problem() {
         assert!(parse("DROP TABLE x").unwrap_err().0.contains("DROP"));
         assert!(parse("SELECT * FROM").is_err());
-        assert!(parse("SELECT 'unterminated").unwrap_err().0.contains("unterminated"));
+        assert!(
+            parse("SELECT 'unterminated")
+                .unwrap_err()
+                .0
+                .contains("unterminated")
+        );
         assert!(parse("").is_err());
     }
 }

@@ -153,7 +153,11 @@ pub fn table(keyspace: &str, ks: &str, name: &str) -> Result<TableDef, CqlError>
 }
 
 /// The types of a statement's bind markers, by index (what PREPARED must announce).
-pub fn bind_types(stmt: &Statement, keyspace: &str, count: usize) -> Result<Vec<(String, Ty)>, CqlError> {
+pub fn bind_types(
+    stmt: &Statement,
+    keyspace: &str,
+    count: usize,
+) -> Result<Vec<(String, Ty)>, CqlError> {
     let mut out: BTreeMap<usize, (String, Ty)> = BTreeMap::new();
     let mut visit = |t: &TableDef, col: &str, op: Op, term: &Term| -> Result<(), CqlError> {
         let ty = t
@@ -162,7 +166,11 @@ pub fn bind_types(stmt: &Statement, keyspace: &str, count: usize) -> Result<Vec<
             .clone();
         match term {
             Term::Bind(i) => {
-                let ty = if op == Op::In { Ty::List(Box::new(ty)) } else { ty };
+                let ty = if op == Op::In {
+                    Ty::List(Box::new(ty))
+                } else {
+                    ty
+                };
                 out.insert(*i, (col.to_string(), ty));
             }
             Term::MinTimeuuid(inner) => {
@@ -219,7 +227,10 @@ pub fn bind_types(stmt: &Statement, keyspace: &str, count: usize) -> Result<Vec<
 }
 
 /// The result columns of a statement.
-pub fn result_columns(stmt: &Statement, keyspace: &str) -> Result<Option<(TableDef, Vec<(String, Ty)>)>, CqlError> {
+pub fn result_columns(
+    stmt: &Statement,
+    keyspace: &str,
+) -> Result<Option<(TableDef, Vec<(String, Ty)>)>, CqlError> {
     let Statement::Select {
         keyspace: ks,
         table: name,
@@ -238,7 +249,9 @@ pub fn result_columns(stmt: &Statement, keyspace: &str) -> Result<Option<(TableD
             .map(|n| {
                 t.column(n)
                     .map(|ty| (n.clone(), ty.clone()))
-                    .ok_or_else(|| CqlError::Invalid(format!("undefined column name {n} in table {}", t.name)))
+                    .ok_or_else(|| {
+                        CqlError::Invalid(format!("undefined column name {n} in table {}", t.name))
+                    })
             })
             .collect::<Result<_, _>>()?,
     };
@@ -279,11 +292,15 @@ fn encode_page(p: &PageState) -> Vec<u8> {
 
 fn decode_page(b: &[u8]) -> Result<PageState, CqlError> {
     if b.len() != 28 {
-        return Err(CqlError::Protocol(format!("paging state of {} bytes, expected 28", b.len())));
+        return Err(CqlError::Protocol(format!(
+            "paging state of {} bytes, expected 28",
+            b.len()
+        )));
     }
     let u = |r: std::ops::Range<usize>| u64::from_be_bytes(b[r].try_into().expect("8"));
     Ok(PageState {
-        stream_index: usize::try_from(u(0..8)).map_err(|_| CqlError::Protocol("bad paging state".into()))?,
+        stream_index: usize::try_from(u(0..8))
+            .map_err(|_| CqlError::Protocol("bad paging state".into()))?,
         after: (
             CdcTime {
                 micros: u(8..16) as i64,
@@ -298,7 +315,9 @@ fn long(v: &V, what: &str) -> Result<i64, CqlError> {
     match v {
         V::Long(n) => Ok(*n),
         V::Int(n) => Ok(i64::from(*n)),
-        other => Err(CqlError::Invalid(format!("{what}: expected a number, got {other:?}"))),
+        other => Err(CqlError::Invalid(format!(
+            "{what}: expected a number, got {other:?}"
+        ))),
     }
 }
 
@@ -306,21 +325,27 @@ fn uuid(v: &V, what: &str) -> Result<Uuid, CqlError> {
     match v {
         V::Uuid(u) => Ok(*u),
         V::Text(s) => Uuid::parse_str(s).map_err(|e| CqlError::Invalid(format!("{what}: {e}"))),
-        other => Err(CqlError::Invalid(format!("{what}: expected a uuid, got {other:?}"))),
+        other => Err(CqlError::Invalid(format!(
+            "{what}: expected a uuid, got {other:?}"
+        ))),
     }
 }
 
 fn text(v: &V, what: &str) -> Result<String, CqlError> {
     match v {
         V::Text(s) => Ok(s.clone()),
-        other => Err(CqlError::Invalid(format!("{what}: expected text, got {other:?}"))),
+        other => Err(CqlError::Invalid(format!(
+            "{what}: expected text, got {other:?}"
+        ))),
     }
 }
 
 fn stream_id(v: &V) -> Result<Vec<u8>, CqlError> {
     match v {
         V::Blob(b) => Ok(b.clone()),
-        other => Err(CqlError::Invalid(format!("stream_id: expected a blob, got {other:?}"))),
+        other => Err(CqlError::Invalid(format!(
+            "stream_id: expected a blob, got {other:?}"
+        ))),
     }
 }
 
@@ -351,9 +376,8 @@ impl Backend {
             .iter()
             .map(|(c, _)| match c.as_str() {
                 "key" => V::Text("local".into()),
-                "peer" | "broadcast_address" | "listen_address" | "rpc_address" | "preferred_ip" => {
-                    V::Inet(addr.octets())
-                }
+                "peer" | "broadcast_address" | "listen_address" | "rpc_address"
+                | "preferred_ip" => V::Inet(addr.octets()),
                 "cluster_name" => V::Text("outbox-sim".into()),
                 "cql_version" => V::Text("3.3.1".into()),
                 "data_center" => V::Text("datacenter1".into()),
@@ -380,7 +404,10 @@ impl Backend {
     }
 
     fn schema_rows(&self, t: &TableDef) -> Vec<Vec<V>> {
-        let ours: Vec<TableDef> = tables().into_iter().filter(|d| d.keyspace == "orders_ks").collect();
+        let ours: Vec<TableDef> = tables()
+            .into_iter()
+            .filter(|d| d.keyspace == "orders_ks")
+            .collect();
         let cell = |c: &str, ks: &str, table: &str| match c {
             "keyspace_name" => V::Text(ks.into()),
             "table_name" => V::Text(table.into()),
@@ -400,7 +427,12 @@ impl Backend {
             ]],
             "tables" | "scylla_tables" => ours
                 .iter()
-                .map(|d| t.columns.iter().map(|(c, _)| cell(c, d.keyspace, &d.name)).collect())
+                .map(|d| {
+                    t.columns
+                        .iter()
+                        .map(|(c, _)| cell(c, d.keyspace, &d.name))
+                        .collect()
+                })
                 .collect(),
             "columns" => {
                 let mut rows = Vec::new();
@@ -489,9 +521,9 @@ impl Backend {
                 self.generation_rows(&t, b, conds, *descending).await?
             }
             ("system_distributed", "cdc_streams_descriptions_v2") => {
-                let g = b
-                    .cond(conds, "time", Op::Eq)
-                    .ok_or_else(|| CqlError::Invalid("cdc_streams_descriptions_v2 needs time = ?".into()))?;
+                let g = b.cond(conds, "time", Op::Eq).ok_or_else(|| {
+                    CqlError::Invalid("cdc_streams_descriptions_v2 needs time = ?".into())
+                })?;
                 let g = long(&g, "time")?;
                 let start = self.generation_start_ms(g);
                 let groups = match start {
@@ -552,9 +584,9 @@ impl Backend {
                 .collect()
             }
             ("orders_ks", "cdc_checkpoints") => {
-                let s = b
-                    .cond(conds, "stream_id", Op::Eq)
-                    .ok_or_else(|| CqlError::Invalid("cdc_checkpoints reads need stream_id = ?".into()))?;
+                let s = b.cond(conds, "stream_id", Op::Eq).ok_or_else(|| {
+                    CqlError::Invalid("cdc_checkpoints reads need stream_id = ?".into())
+                })?;
                 let s = stream_id(&s)?;
                 if s == [0] {
                     let g = self
@@ -580,7 +612,9 @@ impl Backend {
                 }
             }
             ("orders_ks", "orders") => {
-                return Err(CqlError::Invalid("orders_ks.orders is write-only in the front".into()));
+                return Err(CqlError::Invalid(
+                    "orders_ks.orders is write-only in the front".into(),
+                ));
             }
             (ks, name) => return Err(CqlError::Invalid(format!("unconfigured table {ks}.{name}"))),
         };
@@ -653,8 +687,14 @@ impl Backend {
             .await
             .map_err(|e| CqlError::from_store(e, false))?;
         let now = WallClock.now();
-        let le = b.cond(conds, "time", Op::Le).map(|v| long(&v, "time")).transpose()?;
-        let gt = b.cond(conds, "time", Op::Gt).map(|v| long(&v, "time")).transpose()?;
+        let le = b
+            .cond(conds, "time", Op::Le)
+            .map(|v| long(&v, "time"))
+            .transpose()?;
+        let gt = b
+            .cond(conds, "time", Op::Gt)
+            .map(|v| long(&v, "time"))
+            .transpose()?;
         let mut times: Vec<i64> = self
             .cluster
             .state()
@@ -699,14 +739,19 @@ impl Backend {
                 .map(|v| {
                     stream_id(v).and_then(|s| {
                         s.as_slice().try_into().map(StreamId).map_err(|_| {
-                            CqlError::Invalid(format!("stream id of {} bytes, expected 16", s.len()))
+                            CqlError::Invalid(format!(
+                                "stream id of {} bytes, expected 16",
+                                s.len()
+                            ))
                         })
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            Some(V::Blob(s)) => vec![StreamId(s.as_slice().try_into().map_err(|_| {
-                CqlError::Invalid("stream id is not 16 bytes".into())
-            })?)],
+            Some(V::Blob(s)) => {
+                vec![StreamId(s.as_slice().try_into().map_err(|_| {
+                    CqlError::Invalid("stream id is not 16 bytes".into())
+                })?)]
+            }
             _ => {
                 return Err(CqlError::Invalid(
                     "CDC log reads need \"cdc$stream_id\" IN ?".into(),
@@ -715,7 +760,9 @@ impl Backend {
         };
         let bound = |op| -> Result<Timestamp, CqlError> {
             let v = b.cond(conds, "cdc$time", op).ok_or_else(|| {
-                CqlError::Invalid("CDC log reads need \"cdc$time\" >= minTimeuuid(?) AND < minTimeuuid(?)".into())
+                CqlError::Invalid(
+                    "CDC log reads need \"cdc$time\" >= minTimeuuid(?) AND < minTimeuuid(?)".into(),
+                )
             })?;
             Ok(Timestamp::from_millis(long(&v, "cdc$time")?))
         };
@@ -750,7 +797,11 @@ impl Backend {
     }
 
     /// Applies INSERT/UPDATE statements (one, or a BATCH's) with write timestamp `ts` (µs).
-    pub async fn write(&self, rows: Vec<(String, Row)>, ts: Option<i64>) -> Result<Outcome, CqlError> {
+    pub async fn write(
+        &self,
+        rows: Vec<(String, Row)>,
+        ts: Option<i64>,
+    ) -> Result<Outcome, CqlError> {
         let mut order: Option<&Row> = None;
         let mut outbox: Option<&Row> = None;
         for (table, row) in &rows {
@@ -759,7 +810,10 @@ impl Backend {
                 "outbox_messages" => outbox = Some(row),
                 "poll_cursor" => {
                     let c = Cursor {
-                        created_at: Timestamp(long(row.get("created_at_us").unwrap_or(&V::Null), "created_at_us")?),
+                        created_at: Timestamp(long(
+                            row.get("created_at_us").unwrap_or(&V::Null),
+                            "created_at_us",
+                        )?),
                         id: EventId(uuid(row.get("id").unwrap_or(&V::Null), "id")?),
                     };
                     self.checkpoints
@@ -777,7 +831,10 @@ impl Backend {
                             .map_err(|e| CqlError::from_store(e, true))?;
                     } else {
                         let id = StreamId(s.as_slice().try_into().map_err(|_| {
-                            CqlError::Invalid(format!("stream_id of {} bytes, expected 16", s.len()))
+                            CqlError::Invalid(format!(
+                                "stream_id of {} bytes, expected 16",
+                                s.len()
+                            ))
                         })?);
                         let t = long(row.get("time").unwrap_or(&V::Null), "time")?;
                         self.checkpoints
@@ -786,7 +843,11 @@ impl Backend {
                             .map_err(|e| CqlError::from_store(e, true))?;
                     }
                 }
-                other => return Err(CqlError::Invalid(format!("writes to {other} are not served"))),
+                other => {
+                    return Err(CqlError::Invalid(format!(
+                        "writes to {other} are not served"
+                    )));
+                }
             }
         }
         let Some(o) = outbox else {
@@ -801,8 +862,9 @@ impl Backend {
         };
         let get = |c: &str| o.get(c).cloned().unwrap_or(V::Null);
         let event_type = text(&get("event_type"), "event_type")?;
-        let event_type = EventType::parse(&event_type)
-            .ok_or_else(|| CqlError::Invalid(format!("event_type {event_type:?} is not an order event")))?;
+        let event_type = EventType::parse(&event_type).ok_or_else(|| {
+            CqlError::Invalid(format!("event_type {event_type:?} is not an order event"))
+        })?;
         let event = OutboxEvent {
             id: EventId(uuid(&get("id"), "id")?),
             aggregate_type: text(&get("aggregate_type"), "aggregate_type")?.into(),
@@ -814,16 +876,17 @@ impl Backend {
             created_at: Timestamp(0),
         };
         let status = match order.and_then(|r| r.get("status")) {
-            Some(V::Text(s)) => {
-                status(s).ok_or_else(|| CqlError::Invalid(format!("status {s:?} is not an order status")))?
-            }
+            Some(V::Text(s)) => status(s)
+                .ok_or_else(|| CqlError::Invalid(format!("status {s:?} is not an order status")))?,
             _ => event_type.status(),
         };
         self.writer
             .write(OrderBatch {
                 status,
                 event,
-                timestamp: ts.map_or(WriteTimestamp::Coordinator, |t| WriteTimestamp::Client(Timestamp(t))),
+                timestamp: ts.map_or(WriteTimestamp::Coordinator, |t| {
+                    WriteTimestamp::Client(Timestamp(t))
+                }),
             })
             .await
             .map_err(|e| CqlError::from_store(e, true))?;

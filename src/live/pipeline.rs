@@ -15,7 +15,9 @@ use super::WallClock;
 use crate::check::{Analysis, analyze, delivery_latencies_us};
 use crate::history::{History, OpKind};
 use crate::model::{EventId, EventType, OutboxEvent};
-use crate::ports::{CheckpointStore, Clock, Delivery, LocalFuture, OutboxStore, PublishError, Publisher};
+use crate::ports::{
+    CheckpointStore, Clock, Delivery, LocalFuture, OutboxStore, PublishError, Publisher,
+};
 use crate::relay::{Relay, RelayContext};
 use crate::seed::Seed;
 use crate::writer::{OrderWriter, WriterConfig};
@@ -200,9 +202,7 @@ pub async fn run_pipeline(
             history.record(clock.now(), OpKind::RelayStarted { incarnation });
             let run = relay.run(ctx);
             let crash = match crash_at.take() {
-                Some(at) => Either::Left(
-                    clock.sleep(at.saturating_duration_since(Instant::now())),
-                ),
+                Some(at) => Either::Left(clock.sleep(at.saturating_duration_since(Instant::now()))),
                 None => Either::Right(futures::future::pending::<()>()),
             };
             match select(run, crash).await {

@@ -165,7 +165,8 @@ pub async fn create_schema(
     Ok(())
 }
 
-const OUTBOX_COLUMNS: &str = "aggregate_id, seq, id, aggregate_type, event_type, payload, created_at";
+const OUTBOX_COLUMNS: &str =
+    "aggregate_id, seq, id, aggregate_type, event_type, payload, created_at";
 
 /// The statements a store prepares.
 struct Statements {
@@ -323,7 +324,9 @@ fn outbox_event(r: OutboxRow) -> Result<OutboxEvent, String> {
     let event_type = event_type.ok_or_else(|| missing("event_type"))?;
     Ok(OutboxEvent {
         id: EventId(id.ok_or_else(|| missing("id"))?),
-        aggregate_type: aggregate_type.ok_or_else(|| missing("aggregate_type"))?.into(),
+        aggregate_type: aggregate_type
+            .ok_or_else(|| missing("aggregate_type"))?
+            .into(),
         aggregate_id: AggregateId(aggregate),
         seq: u64::try_from(seq).map_err(|_| format!("outbox row {aggregate}: seq {seq} < 0"))?,
         event_type: EventType::parse(&event_type).ok_or_else(|| {
@@ -472,7 +475,8 @@ impl ScyllaStore {
     }
 
     fn route<T>(&self, r: Result<T, String>) -> Option<T> {
-        r.map_err(|why| self.dead_letters.borrow_mut().push(why)).ok()
+        r.map_err(|why| self.dead_letters.borrow_mut().push(why))
+            .ok()
     }
 }
 
@@ -492,11 +496,7 @@ impl OutboxStore for ScyllaStore {
             b.set_timestamp(Some(t.as_micros()));
             let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
             let values = (
-                (
-                    event.aggregate_id.0,
-                    format!("{:?}", batch.status),
-                    seq,
-                ),
+                (event.aggregate_id.0, format!("{:?}", batch.status), seq),
                 (
                     event.aggregate_id.0,
                     seq,
@@ -738,7 +738,11 @@ impl CheckpointStore for ScyllaCheckpoints {
             s.count(QueryKind::CheckpointWrite, 0);
             s.run(s.session.execute_unpaged(
                 &s.st.save_cursor,
-                (self.relay.as_str(), cursor.created_at.as_micros(), cursor.id.0),
+                (
+                    self.relay.as_str(),
+                    cursor.created_at.as_micros(),
+                    cursor.id.0,
+                ),
             ))
             .await?;
             self.saved(CheckpointWhat::Cursor, cursor.created_at);
@@ -770,8 +774,12 @@ impl CheckpointStore for ScyllaCheckpoints {
 
     fn save_generation(&self, generation: Timestamp) -> LocalFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.save_row(vec![0], Some(generation), Timestamp::from_millis(i64::MAX / 1_000))
-                .await?;
+            self.save_row(
+                vec![0],
+                Some(generation),
+                Timestamp::from_millis(i64::MAX / 1_000),
+            )
+            .await?;
             self.saved(CheckpointWhat::Generation, generation);
             Ok(())
         })

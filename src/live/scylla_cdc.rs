@@ -222,7 +222,11 @@ pub fn event_from_row(row: &mut CDCRow<'_>) -> Result<OutboxEvent, String> {
     let payload = text(take("payload")?, "payload")?;
     let created_at = match take("created_at")? {
         CqlValue::Timestamp(t) => Timestamp::from_millis(t.0),
-        other => return Err(format!("column created_at: expected timestamp, got {other:?}")),
+        other => {
+            return Err(format!(
+                "column created_at: expected timestamp, got {other:?}"
+            ));
+        }
     };
     Ok(OutboxEvent {
         id: EventId(id),
@@ -242,7 +246,10 @@ impl Consumer for Forward {
         let event = match event_from_row(&mut data) {
             Ok(e) => e,
             Err(why) => {
-                self.dead.lock().unwrap_or_else(|e| e.into_inner()).push(why);
+                self.dead
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(why);
                 return Ok(());
             }
         };
@@ -361,13 +368,10 @@ impl Relay for LibraryRelay {
                     let _ = ack.send(r).await;
                 }
             };
-            let outcome = smol::future::or(
-                async { Some(Compat::new(handle).await) },
-                async {
-                    publish.await;
-                    None
-                },
-            )
+            let outcome = smol::future::or(async { Some(Compat::new(handle).await) }, async {
+                publish.await;
+                None
+            })
             .await;
             drop(reader);
             match outcome {
