@@ -92,6 +92,7 @@ pub struct FrontStats {
 
 enum Command {
     JoinNode(async_channel::Sender<i64>),
+    LeaveNode(async_channel::Sender<Option<i64>>),
     ForgetPrepared,
     SetUnavailable(bool),
     Stats(async_channel::Sender<QueryStats>),
@@ -113,6 +114,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Command::JoinNode(_) => "JoinNode",
+            Command::LeaveNode(_) => "LeaveNode",
             Command::ForgetPrepared => "ForgetPrepared",
             Command::SetUnavailable(_) => "SetUnavailable",
             Command::Stats(_) => "Stats",
@@ -133,6 +135,14 @@ impl FrontHandle {
         let (tx, rx) = async_channel::bounded(1);
         self.cmd.send_blocking(Command::JoinNode(tx)).ok()?;
         rx.recv_blocking().ok()
+    }
+
+    /// The newest node leaves the ring (never the last one): a new CDC generation. Returns its
+    /// start, or `None` if no node could leave.
+    pub fn leave_node(&self) -> Option<i64> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.cmd.send_blocking(Command::LeaveNode(tx)).ok()?;
+        rx.recv_blocking().ok().flatten()
     }
 
     /// Forgets every prepared statement (clients then get UNPREPARED and must re-prepare).
@@ -286,6 +296,10 @@ fn serve(
                 Command::JoinNode(reply) => {
                     let start = cluster.join_node(WallClock.now().floor_ms());
                     let _ = reply.send(start.as_millis()).await;
+                }
+                Command::LeaveNode(reply) => {
+                    let start = cluster.leave_node(WallClock.now().floor_ms());
+                    let _ = reply.send(start.map(|s| s.as_millis())).await;
                 }
                 Command::ForgetPrepared => shared.prepared.borrow_mut().clear(),
                 Command::SetUnavailable(on) => cluster.set_unavailable(on),

@@ -9,6 +9,7 @@
 //! - [`scylla_cdc`]: a [`Relay`](crate::relay::Relay) that runs the real scylla-cdc
 //!   `CDCLogReader`, each stream preset mapped to its builder settings;
 //! - [`pipeline`]: the writer, a relay and the checker wired to live ports (`outbox-sim live`);
+//! - [`serve`]: the real-time loop of `outbox-sim serve` around the [CQL front](crate::front);
 //! - [`docker_available`]: the probe live-container tests use to skip (or fail, with
 //!   `OUTBOX_SIM_REQUIRE_DOCKER=1`) when no Docker engine is reachable.
 //!
@@ -19,6 +20,7 @@ pub mod kafka;
 pub mod pipeline;
 pub mod scylla;
 pub mod scylla_cdc;
+pub mod serve;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

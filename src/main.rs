@@ -89,6 +89,54 @@ enum Command {
     },
     /// List the mutants and the bugs they reproduce.
     Mutants,
+    /// Run the real pipeline against a live ScyllaDB and Kafka (or the CQL front): writer,
+    /// relay (the real scylla-cdc reader for stream presets), topic read back, checker
+    /// (exit 0: clean, 1: anomalies, 2: bad input or unreachable servers).
+    Live {
+        /// ScyllaDB contact point.
+        #[arg(long, default_value = "127.0.0.1:9042")]
+        scylla: String,
+        /// Kafka bootstrap servers, or `mock` for librdkafka's in-process mock cluster.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// Relay preset.
+        #[arg(long, default_value = "poll-safe")]
+        relay: String,
+        /// Orders to write (three events each).
+        #[arg(long, default_value_t = 100)]
+        orders: usize,
+        /// Writes per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Crash the relay this many seconds in (restarted after 1 s).
+        #[arg(long)]
+        crash_after_s: Option<f64>,
+        /// Topic.
+        #[arg(long, default_value = "outbox")]
+        topic: String,
+        /// Seconds to wait for each server before giving up.
+        #[arg(long, default_value_t = 10.0)]
+        connect_timeout_s: f64,
+    },
+    /// Serve the simulated cluster over CQL v4 (one listener per node on 127.0.0.x) in real
+    /// time, applying the scenario's cluster settings and topology changes.
+    Serve {
+        /// Nodes (listeners 127.0.0.1 … 127.0.0.N).
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        /// Port of every listener.
+        #[arg(long, default_value_t = 9042)]
+        port: u16,
+        /// Scenario whose [cluster] settings and topology changes apply.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Cap rows per page (1 exercises client paging).
+        #[arg(long)]
+        max_page_rows: Option<usize>,
+        /// Stop after this many seconds (default: run until killed).
+        #[arg(long)]
+        for_s: Option<f64>,
+    },
     /// Sweep stream safety/sleep/window and polling interval/lag; print the latency vs
     /// queries/min Pareto frontier (loss-free points only).
     Sweep {
@@ -418,6 +466,32 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Live {
+            scylla,
+            kafka,
+            relay,
+            orders,
+            rate,
+            crash_after_s,
+            topic,
+            connect_timeout_s,
+        } => live(
+            scylla,
+            kafka,
+            relay,
+            orders,
+            rate,
+            crash_after_s,
+            topic,
+            connect_timeout_s,
+        ),
+        Command::Serve {
+            nodes,
+            port,
+            scenario,
+            max_page_rows,
+            for_s,
+        } => serve(nodes, port, &scenario, max_page_rows, for_s),
         Command::Mutants => {
             for m in MUTANTS {
                 println!("mutant:{:<26} {}", m.name(), m.bug());
@@ -425,6 +499,127 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn live(
+    scylla: String,
+    kafka: String,
+    relay: String,
+    orders: usize,
+    rate: f64,
+    crash_after_s: Option<f64>,
+    topic: String,
+    connect_timeout_s: f64,
+) -> Result<ExitCode, String> {
+    use outbox_sim::live::pipeline::{LiveOptions, LiveTarget, run_live};
+    let preset = Preset::parse(&relay).ok_or_else(|| {
+        format!(
+            "--relay {relay}: unknown preset (one of {})",
+            PRESETS.map(|p| p.name()).join(", ")
+        )
+    })?;
+    if !(rate > 0.0 && rate.is_finite()) {
+        return Err(format!(
+            "--rate {rate}: must be a positive number of writes per second"
+        ));
+    }
+    if !(connect_timeout_s > 0.0 && connect_timeout_s.is_finite()) {
+        return Err(format!(
+            "--connect-timeout-s {connect_timeout_s}: must be positive"
+        ));
+    }
+    let target = LiveTarget {
+        scylla,
+        kafka,
+        topic,
+        preset,
+        connect_timeout: std::time::Duration::from_secs_f64(connect_timeout_s),
+    };
+    let opts = LiveOptions {
+        orders,
+        writes_per_s: rate,
+        crash_after: crash_after_s.map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+        ..LiveOptions::default()
+    };
+    let r = run_live(&target, &opts)?;
+    print!(
+        "{}",
+        compare_table(
+            &r.report.scenario,
+            r.report.seed,
+            std::slice::from_ref(&r.report)
+        )
+        .replace("simulated time", "wall-clock time")
+    );
+    println!(
+        "topic {}: {} records read back, {} acknowledged ids missing; drained: {}",
+        target.topic, r.on_topic, r.missing_on_topic, r.drained
+    );
+    if !r.relay_queries_counted {
+        println!("queries/min: the real scylla-cdc reader's own session is not counted (0 above)");
+    }
+    for d in &r.dead_letters {
+        println!("dead letter: {d}");
+    }
+    print_verdict_lines(&r.report);
+    let clean = !r.report.failed() && r.drained && r.missing_on_topic == 0;
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn serve(
+    nodes: u32,
+    port: u16,
+    scenario: &Option<PathBuf>,
+    max_page_rows: Option<usize>,
+    for_s: Option<f64>,
+) -> Result<ExitCode, String> {
+    use outbox_sim::front::{FrontConfig, start};
+    use outbox_sim::scenario::TopologyKind;
+    use std::time::Duration;
+    let sc = load(scenario)?;
+    let front = start(FrontConfig {
+        nodes,
+        port,
+        max_page_rows,
+        cluster: sc.cluster.clone(),
+        seed: Seed(1),
+    })
+    .map_err(|e| format!("serve: {e}"))?;
+    let addrs: Vec<String> = front.addrs.iter().map(|a| a.to_string()).collect();
+    println!(
+        "outbox-sim CQL front: {} node(s) at {}",
+        nodes,
+        addrs.join(", ")
+    );
+    println!(
+        "  keyspace orders_ks: orders, outbox_messages (CDC on), poll_cursor, cdc_checkpoints"
+    );
+    println!(
+        "  connect:  SessionBuilder::new().known_node(\"{}\")",
+        addrs[0]
+    );
+    println!(
+        "  or:       outbox-sim live --scylla {} --kafka <bootstrap> --relay stream-tuned",
+        addrs[0]
+    );
+    let changes: Vec<(f64, TopologyKind)> = sc
+        .faults
+        .topology_changes
+        .iter()
+        .map(|t| (t.at_s, t.kind))
+        .collect();
+    outbox_sim::live::serve::run(
+        &front,
+        changes,
+        for_s.map(Duration::from_secs_f64),
+        |line| println!("{line}"),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the HTML report to target/outbox-sim/report.html.
@@ -457,6 +652,10 @@ fn print_verdict(scenario: &Scenario, r: &RunReport) {
         "{}",
         compare_table(&scenario.name, r.seed, std::slice::from_ref(r))
     );
+    print_verdict_lines(r);
+}
+
+fn print_verdict_lines(r: &RunReport) {
     let failing: Vec<_> = r.anomalies.iter().filter(|a| a.is_failure()).collect();
     println!(
         "verdict: {}",

@@ -215,3 +215,76 @@ fn presets_and_mutants_are_listed() {
     let out = outbox_sim(&["mutants"]);
     assert!(String::from_utf8_lossy(&out.stdout).lines().count() >= 8);
 }
+
+#[test]
+fn live_with_unreachable_servers_exits_2_within_the_timeout_naming_the_server() {
+    let started = std::time::Instant::now();
+    assert_bad_input(
+        &[
+            "live",
+            "--scylla",
+            "127.0.0.1:1",
+            "--kafka",
+            "mock",
+            "--connect-timeout-s",
+            "3",
+        ],
+        &["ScyllaDB at 127.0.0.1:1"],
+    );
+    assert_bad_input(
+        &[
+            "live",
+            "--scylla",
+            "127.0.0.1:1",
+            "--kafka",
+            "127.0.0.1:1",
+            "--connect-timeout-s",
+            "2",
+        ],
+        &["Kafka at 127.0.0.1:1", "within 2 s"],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "both gave up within their timeouts"
+    );
+    assert_bad_input(&["live", "--relay", "nope"], &["--relay nope", "poll-safe"]);
+    assert_bad_input(&["live", "--rate", "0"], &["--rate 0"]);
+}
+
+#[test]
+fn live_runs_the_real_pipeline_against_the_cql_front_and_mock_kafka() {
+    let front = outbox_sim::front::start(outbox_sim::front::FrontConfig::default()).unwrap();
+    let out = outbox_sim(&[
+        "live",
+        "--scylla",
+        &front.contact(),
+        "--kafka",
+        "mock",
+        "--relay",
+        "poll-safe",
+        "--orders",
+        "40",
+        "--rate",
+        "200",
+        "--crash-after-s",
+        "0.3",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verdict: ok"), "{stdout}");
+    assert!(stdout.contains("wall-clock time"), "{stdout}");
+    assert!(stdout.contains("0 acknowledged ids missing"), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("poll-safe"))
+        .expect("a table row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "120", "120 committed: {row}");
+    assert_eq!(cols[3], "0", "0 lost: {row}");
+    assert!(stdout.contains("relay_crashed=1"), "{stdout}");
+}

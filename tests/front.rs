@@ -401,10 +401,18 @@ impl Publisher for Collect {
     fn publish<'a>(
         &'a self,
         event: &'a OutboxEvent,
-    ) -> outbox_sim::ports::LocalFuture<'a, Result<outbox_sim::ports::Delivery, outbox_sim::ports::PublishError>> {
+    ) -> outbox_sim::ports::LocalFuture<
+        'a,
+        Result<outbox_sim::ports::Delivery, outbox_sim::ports::PublishError>,
+    > {
         self.0.borrow_mut().push(event.id);
         let offset = self.0.borrow().len() as u64;
-        Box::pin(async move { Ok(outbox_sim::ports::Delivery { partition: 0, offset }) })
+        Box::pin(async move {
+            Ok(outbox_sim::ports::Delivery {
+                partition: 0,
+                offset,
+            })
+        })
     }
 }
 
@@ -413,7 +421,12 @@ async fn collect(relay: &dyn Relay, s: &ScyllaStore, want: usize) -> Vec<EventId
     let sink = Rc::new(Collect::default());
     let ctx = outbox_sim::relay::RelayContext {
         store: Rc::new(s.for_client(Client::Relay)),
-        checkpoints: Rc::new(ScyllaCheckpoints::new(s.clone(), History::new(), 1, "fidelity")),
+        checkpoints: Rc::new(ScyllaCheckpoints::new(
+            s.clone(),
+            History::new(),
+            1,
+            "fidelity",
+        )),
         publisher: sink.clone(),
         clock: Rc::new(WallClock),
         incarnation: 1,
@@ -497,8 +510,16 @@ fn fidelity_the_real_reader_and_the_model_deliver_the_same_rows_per_stream_in_or
             by_library.len(),
             by_model.len()
         );
-        assert_eq!(by_library.len(), written.len(), "the library delivered each row once");
-        assert_eq!(by_model.len(), written.len(), "the model delivered each row once");
+        assert_eq!(
+            by_library.len(),
+            written.len(),
+            "the library delivered each row once"
+        );
+        assert_eq!(
+            by_model.len(),
+            written.len(),
+            "the model delivered each row once"
+        );
         assert_eq!(
             per_stream(&by_library),
             per_stream(&by_model),

@@ -89,7 +89,7 @@ fn lex(s: &str) -> Result<Vec<Tok>, ParseError> {
                     j += 1;
                 }
                 let hex = &s[i + 2..j];
-                if hex.len() % 2 != 0 {
+                if !hex.len().is_multiple_of(2) {
                     return Err(ParseError(format!("odd-length blob literal 0x{hex}")));
                 }
                 let bytes = (0..hex.len())

@@ -226,11 +226,14 @@ pub fn bind_types(
         .collect())
 }
 
+/// Column names and types, in result order.
+pub type Columns = Vec<(String, Ty)>;
+
 /// The result columns of a statement.
 pub fn result_columns(
     stmt: &Statement,
     keyspace: &str,
-) -> Result<Option<(TableDef, Vec<(String, Ty)>)>, CqlError> {
+) -> Result<Option<(TableDef, Columns)>, CqlError> {
     let Statement::Select {
         keyspace: ks,
         table: name,
@@ -278,7 +281,7 @@ pub struct Backend {
 const SCHEMA_VERSION: Uuid = Uuid::from_u128(0x5c4e_0000_0000_4000_8000_0000_0000_0001);
 
 fn host_id(node: u32) -> Uuid {
-    Uuid::from_u128(0x0ddba11_0000_4000_8000_0000_0000_0000 | u128::from(node))
+    Uuid::from_u128(0x00dd_ba11_0000_4000_8000_0000_0000_0000 | u128::from(node))
 }
 
 fn encode_page(p: &PageState) -> Vec<u8> {
