@@ -282,8 +282,7 @@ fn assert_clean(run: &Run) {
     );
     assert!(run.dead_letters.is_empty(), "{:?}", run.dead_letters);
     assert_eq!(
-        run.connections_at_end,
-        run.connections_after_connect + 0,
+        run.connections_at_end, run.connections_after_connect,
         "no reconnect loop: the sessions kept their connections"
     );
 }
