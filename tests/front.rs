@@ -392,57 +392,17 @@ fn malformed_frames_unknown_opcodes_and_unsupported_statements_get_errors() {
     assert!(front::describe(&f.stats)["errors"] >= 5);
 }
 
-/// A publisher that only collects what it is given, in order.
-#[derive(Default)]
-struct Collect(RefCell<Vec<EventId>>);
-
-impl Publisher for Collect {
-    fn publish<'a>(
-        &'a self,
-        event: &'a OutboxEvent,
-    ) -> outbox_sim::ports::LocalFuture<
-        'a,
-        Result<outbox_sim::ports::Delivery, outbox_sim::ports::PublishError>,
-    > {
-        self.0.borrow_mut().push(event.id);
-        let offset = self.0.borrow().len() as u64;
-        Box::pin(async move {
-            Ok(outbox_sim::ports::Delivery {
-                partition: 0,
-                offset,
-            })
-        })
-    }
-}
-
 /// Runs `relay` until it delivered `want` events (or 30 s passed); returns them in order.
 async fn collect(relay: &dyn Relay, s: &ScyllaStore, want: usize) -> Vec<EventId> {
-    let sink = Rc::new(Collect::default());
-    let ctx = outbox_sim::relay::RelayContext {
-        store: Rc::new(s.for_client(Client::Relay)),
-        checkpoints: Rc::new(ScyllaCheckpoints::new(
-            s.clone(),
-            History::new(),
-            1,
-            "fidelity",
-        )),
-        publisher: sink.clone(),
-        clock: Rc::new(WallClock),
-        incarnation: 1,
-    };
-    let run = relay.run(ctx);
-    let wait = async {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while sink.0.borrow().len() < want && std::time::Instant::now() < deadline {
-            WallClock.sleep(Duration::from_millis(50)).await;
-        }
-        // One more sleep interval: anything extra (a duplicate) would arrive now.
-        WallClock.sleep(Duration::from_millis(500)).await;
-    };
-    futures::pin_mut!(run);
-    futures::pin_mut!(wait);
-    let _ = futures::future::select(run, wait).await;
-    sink.0.take()
+    outbox_sim::live::pipeline::collect(
+        relay,
+        Rc::new(s.for_client(Client::Relay)),
+        Rc::new(ScyllaCheckpoints::new(s.clone(), History::new(), 1, "fidelity")),
+        want,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await
 }
 
 #[test]

@@ -77,6 +77,76 @@ impl Publisher for RecordingPublisher {
     }
 }
 
+/// A publisher that acknowledges at once and keeps the event ids it was given, in order (for
+/// measuring a reader alone, without a broker).
+#[derive(Debug, Default)]
+pub struct Collector(std::cell::RefCell<Vec<EventId>>);
+
+impl Collector {
+    /// How many events arrived.
+    pub fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    /// Whether none arrived.
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+
+    /// Takes the ids collected so far.
+    pub fn take(&self) -> Vec<EventId> {
+        self.0.take()
+    }
+}
+
+impl Publisher for Collector {
+    fn publish<'a>(
+        &'a self,
+        event: &'a OutboxEvent,
+    ) -> LocalFuture<'a, Result<Delivery, PublishError>> {
+        self.0.borrow_mut().push(event.id);
+        let offset = self.0.borrow().len() as u64;
+        Box::pin(async move {
+            Ok(Delivery {
+                partition: 0,
+                offset,
+            })
+        })
+    }
+}
+
+/// Runs one incarnation of `relay` on `store` until `sink` holds `want` events or `timeout`
+/// passed, then one more `settle` (so a duplicate would show); returns the ids in arrival order.
+pub async fn collect(
+    relay: &dyn Relay,
+    store: Rc<dyn OutboxStore>,
+    checkpoints: Rc<dyn CheckpointStore>,
+    want: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<EventId> {
+    let sink = Rc::new(Collector::default());
+    let ctx = RelayContext {
+        store,
+        checkpoints,
+        publisher: sink.clone(),
+        clock: Rc::new(WallClock),
+        incarnation: 1,
+    };
+    let run = relay.run(ctx);
+    let wait = async {
+        let deadline = Instant::now() + timeout;
+        while sink.len() < want && Instant::now() < deadline {
+            WallClock.sleep(Duration::from_millis(20)).await;
+        }
+        WallClock.sleep(settle).await;
+    };
+    futures::pin_mut!(run);
+    futures::pin_mut!(wait);
+    let _ = select(run, wait).await;
+    sink.take()
+}
+
 /// How a live run is driven.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LiveOptions {
