@@ -397,7 +397,12 @@ async fn collect(relay: &dyn Relay, s: &ScyllaStore, want: usize) -> Vec<EventId
     outbox_sim::live::pipeline::collect(
         relay,
         Rc::new(s.for_client(Client::Relay)),
-        Rc::new(ScyllaCheckpoints::new(s.clone(), History::new(), 1, "fidelity")),
+        Rc::new(ScyllaCheckpoints::new(
+            s.clone(),
+            History::new(),
+            1,
+            "fidelity",
+        )),
         want,
         Duration::from_secs(30),
         Duration::from_millis(500),

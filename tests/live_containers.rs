@@ -1,5 +1,6 @@
 //! Live-container tests (testcontainers): a real Kafka for the rdkafka publisher, a real
-//! ScyllaDB for the outbox schema with CDC. Without a Docker engine each test prints
+//! ScyllaDB for the outbox schema with CDC, and the whole live pipeline (writer, the polling
+//! relay and the real scylla-cdc reader, each with a relay restart) on both. Without a Docker engine each test prints
 //! `SKIPPED: <reason>` and passes; with `OUTBOX_SIM_REQUIRE_DOCKER=1` it fails instead.
 //!
 //! tokio (needed by testcontainers and the scylla driver) is entered through `async-compat` here
@@ -93,4 +94,55 @@ fn scylla_container_accepts_the_outbox_schema_and_logs_the_batch() {
         assert_eq!(log.rows_num(), 1, "one log row for the one outbox insert");
         node.rm().await.expect("container removed");
     }));
+}
+
+/// The whole pipeline on real containers: `live::run_live` with a relay crash and restart.
+fn pipeline_on_containers(preset: outbox_sim::relay::Preset) {
+    if require_docker().is_err() {
+        return;
+    }
+    use outbox_sim::live::pipeline::{LiveOptions, LiveTarget, run_live};
+    use testcontainers_modules::kafka::apache::{KAFKA_PORT, Kafka};
+    use testcontainers_modules::scylladb::ScyllaDB;
+    let (scylla, kafka, nodes) = smol::block_on(Compat::new(async {
+        let s = ScyllaDB::default().start().await.expect("scylla starts");
+        let k = Kafka::default().start().await.expect("kafka starts");
+        let sp = s.get_host_port_ipv4(9042).await.expect("port");
+        let kp = k.get_host_port_ipv4(KAFKA_PORT).await.expect("port");
+        (format!("127.0.0.1:{sp}"), format!("127.0.0.1:{kp}"), (s, k))
+    }));
+    let report = run_live(
+        &LiveTarget {
+            scylla,
+            kafka,
+            topic: format!("outbox-{}", preset.name()),
+            preset,
+            connect_timeout: Duration::from_secs(60),
+        },
+        &LiveOptions {
+            orders: 200,
+            writes_per_s: 50.0,
+            crash_after: Some(Duration::from_secs(6)),
+            drain_timeout: Duration::from_secs(180),
+            ..LiveOptions::default()
+        },
+    )
+    .expect("the live pipeline runs");
+    // ContainerAsync's Drop needs a tokio context.
+    smol::block_on(Compat::new(async move { drop(nodes) }));
+    let a = &report.report.analysis;
+    assert!(report.drained, "every committed event was published");
+    assert_eq!((a.lost, a.reordered, a.duplicated_unexplained), (0, 0, 0));
+    assert_eq!(report.missing_on_topic, 0);
+    assert!(a.restarts >= 1);
+}
+
+#[test]
+fn poll_safe_pipeline_with_a_restart_on_real_scylla_and_kafka() {
+    pipeline_on_containers(outbox_sim::relay::Preset::PollSafe);
+}
+
+#[test]
+fn stream_safe_pipeline_on_the_real_scylla_cdc_reader_with_a_restart() {
+    pipeline_on_containers(outbox_sim::relay::Preset::StreamSafe);
 }
