@@ -296,13 +296,13 @@ fn records_are_keyed_by_aggregate_with_the_event_id_header() {
     for p in 0..6 {
         for r in broker.partition(p) {
             total += 1;
-            assert_eq!(r.key, r.value.aggregate_id.0.to_string());
+            assert_eq!(r.key(), r.value.aggregate_id.0.to_string());
             assert_eq!(
-                outbox_sim::sim::broker::partition_for(r.key.as_bytes(), 6),
+                outbox_sim::sim::broker::partition_for(r.key().as_bytes(), 6),
                 p
             );
             assert_eq!(
-                r.headers[0],
+                r.headers()[0],
                 ("id".to_string(), r.value.id.0.to_string().into_bytes())
             );
         }

@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -28,7 +28,8 @@ struct State {
     now: Timestamp,
     next_id: u64,
     queue: BinaryHeap<Reverse<(Timestamp, u64)>>,
-    armed: BTreeMap<u64, Timer>,
+    // Point lookups only (`armed_timers` sorts), so a hash map keeps runs deterministic.
+    armed: fnv::FnvHashMap<u64, Timer>,
     current_label: Rc<str>,
 }
 
@@ -56,7 +57,7 @@ impl SimClock {
                 now: start,
                 next_id: 0,
                 queue: BinaryHeap::new(),
-                armed: BTreeMap::new(),
+                armed: fnv::FnvHashMap::default(),
                 current_label: Rc::from("main"),
             })),
         }

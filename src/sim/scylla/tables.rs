@@ -28,7 +28,9 @@ impl<T> Stored<T> {
 /// `outbox_messages_scylla_cdc_log`: one clustering-ordered partition per stream.
 #[derive(Debug, Default)]
 pub struct CdcLog {
-    streams: BTreeMap<StreamId, BTreeMap<(CdcTime, i32), Stored<LogRow>>>,
+    // Looked up by id only (reads follow the query's stream list), so a hash map keeps runs
+    // deterministic.
+    streams: fnv::FnvHashMap<StreamId, BTreeMap<(CdcTime, i32), Stored<LogRow>>>,
     rows: usize,
 }
 
