@@ -86,6 +86,8 @@ pub struct FrontStats {
     pub errors: AtomicU64,
     /// CDC log rows served.
     pub log_rows: AtomicU64,
+    /// Rows responses that said more pages follow.
+    pub paged: AtomicU64,
     /// Connections accepted.
     pub connections: AtomicU64,
 }
@@ -538,13 +540,22 @@ async fn run(
                     node,
                 )
                 .await?;
-            if let Outcome::Rows { table, rows, .. } = &out
-                && table.name.ends_with("_scylla_cdc_log")
+            if let Outcome::Rows {
+                table,
+                rows,
+                paging,
+                ..
+            } = &out
             {
-                shared
-                    .stats
-                    .log_rows
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                if table.name.ends_with("_scylla_cdc_log") {
+                    shared
+                        .stats
+                        .log_rows
+                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                }
+                if paging.is_some() {
+                    shared.stats.paged.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Ok(out)
         }
@@ -701,12 +712,13 @@ async fn handle(
     }
 }
 
-/// The prepared-statement cache's entries (for tests and `serve` diagnostics).
+/// The front's counters by name (for tests and `serve` diagnostics).
 pub fn describe(stats: &FrontStats) -> BTreeMap<&'static str, u64> {
     [
         ("frames", stats.frames.load(Ordering::Relaxed)),
         ("errors", stats.errors.load(Ordering::Relaxed)),
         ("log_rows", stats.log_rows.load(Ordering::Relaxed)),
+        ("paged", stats.paged.load(Ordering::Relaxed)),
         ("connections", stats.connections.load(Ordering::Relaxed)),
     ]
     .into_iter()

@@ -356,10 +356,19 @@ impl Parser {
                 Ok(Term::Bind(self.binds - 1))
             }
             Some(Tok::Str(s)) => Ok(Term::Str(s)),
-            Some(Tok::Num(n)) => n
-                .parse()
-                .map(Term::Num)
-                .map_err(|_| ParseError(format!("bad number {n}"))),
+            Some(Tok::Num(n)) => {
+                // A duration literal (`USING TIMEOUT 30000ms`) keeps its number; the unit only
+                // matters to a real server's timeout.
+                let digits = n.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                let unit = &n[digits.len()..];
+                if !matches!(unit, "" | "ms" | "s" | "us" | "ns" | "m" | "h" | "d") {
+                    return Err(ParseError(format!("bad number {n}")));
+                }
+                digits
+                    .parse()
+                    .map(Term::Num)
+                    .map_err(|_| ParseError(format!("bad number {n}")))
+            }
             Some(Tok::Blob(b)) => Ok(Term::Blob(b)),
             Some(Tok::Ident {
                 text,
