@@ -164,33 +164,33 @@ fn run_preset(scenario: &Scenario, p: Preset, seed: Seed) -> Result<RunReport, S
     run(scenario, Rc::new(relay), seed).map_err(|e| format!("{p}: {e}"))
 }
 
-/// Runs every preset, spread over the machine's cores; results stay in preset order.
+/// Runs every preset, spread over the machine's cores; results stay in preset order. Workers
+/// pull presets from a shared queue, most expensive first (stream-tuned's many short windows cost
+/// several times the others), so the wall time is close to the longest single run.
 fn run_all(scenario: &Scenario, seed: Seed) -> Result<Vec<RunReport>, String> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(PRESETS.len());
-    let mut slots: Vec<Option<Result<RunReport, String>>> =
-        (0..PRESETS.len()).map(|_| None).collect();
+    let mut order: Vec<usize> = (0..PRESETS.len()).collect();
+    order.reverse(); // PRESETS lists the cheapest first; the stream presets cost the most.
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<Result<RunReport, String>>>> =
+        Mutex::new((0..PRESETS.len()).map(|_| None).collect());
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                s.spawn(move || {
-                    PRESETS
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| i % threads == t)
-                        .map(|(i, p)| (i, run_preset(scenario, *p, seed)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (i, r) in h.join().expect("a preset run panicked") {
-                slots[i] = Some(r);
-            }
+        for _ in 0..threads {
+            s.spawn(|| {
+                while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let r = run_preset(scenario, PRESETS[i], seed);
+                    slots.lock().expect("a preset run panicked")[i] = Some(r);
+                }
+            });
         }
     });
     slots
+        .into_inner()
+        .expect("a preset run panicked")
         .into_iter()
         .map(|r| r.expect("every preset ran"))
         .collect()

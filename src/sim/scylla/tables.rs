@@ -99,6 +99,16 @@ impl CdcLog {
                     i32::MIN,
                 )),
             };
+            // Most windows of a caught-up reader start after a partition's last row: skip the
+            // range descent.
+            let past_end = part.last_key_value().is_some_and(|(last, _)| match lo {
+                Bound::Included(k) => *last < k,
+                Bound::Excluded(k) => *last <= k,
+                Bound::Unbounded => false,
+            });
+            if past_end {
+                continue;
+            }
             for (key, stored) in part.range((lo, hi)) {
                 if !stored.readable(now) {
                     continue;
