@@ -532,3 +532,61 @@ fn fidelity_the_real_reader_and_the_model_deliver_the_same_rows_per_stream_in_or
         assert_eq!(per_stream(&by_library), per_stream(&log_order));
     });
 }
+
+#[test]
+fn a_graceful_stop_joins_the_real_reader_after_its_last_window_and_final_save() {
+    use outbox_sim::live::pipeline::Collector;
+    let f = front(1, None);
+    smol::block_on(async {
+        let s = store(&f.contact(), true).await;
+        for n in 0..60u128 {
+            s.write(OrderBatch {
+                status: OrderStatus::Created,
+                event: event(300 + n, 1),
+                timestamp: WriteTimestamp::Client(WallClock.now()),
+            })
+            .await
+            .unwrap();
+        }
+        let config = StreamConfig {
+            start: StartTimestamp::Ago(Duration::from_secs(30)),
+            ..scaled_safe()
+        };
+        let relay = LibraryRelay::new("stoppable", s.session(), config).unwrap();
+        let stopper = relay.stop_handle();
+        let sink = Rc::new(Collector::default());
+        let history = History::new();
+        let ctx = outbox_sim::relay::RelayContext {
+            store: Rc::new(s.for_client(Client::Relay)),
+            checkpoints: Rc::new(ScyllaCheckpoints::new(s.clone(), history, 1, "stop")),
+            publisher: sink.clone(),
+            clock: Rc::new(WallClock),
+            incarnation: 1,
+        };
+        let run = relay.run(ctx);
+        let driver = async {
+            while sink.len() < 60 {
+                WallClock.sleep(Duration::from_millis(20)).await;
+            }
+            stopper.stop();
+        };
+        let guard = async {
+            WallClock.sleep(Duration::from_secs(30)).await;
+            panic!("the reader neither delivered everything nor stopped within 30 s");
+        };
+        let (result, ()) = smol::future::or(async { futures::join!(run, driver) }, guard).await;
+        assert_eq!(result, Ok(()), "a stopped reader returns Ok after its join");
+        assert_eq!(sink.len(), 60, "each row once, nothing after the stop");
+        // The library's final save ran: the first stream of each reader has a checkpoint.
+        let g = s.generation_at(WallClock.now()).await.unwrap().unwrap();
+        let groups = s.stream_groups(g).await.unwrap();
+        let cp = ScyllaCheckpoints::new(s.clone(), History::new(), 2, "stop");
+        for group in groups {
+            assert!(
+                cp.load_stream(group.streams[0]).await.unwrap().is_some(),
+                "stream {} has a checkpoint",
+                group.streams[0]
+            );
+        }
+    });
+}

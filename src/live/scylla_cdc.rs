@@ -6,7 +6,8 @@
 //! broker acknowledged it. `consume_cdc` returns only then, so the library's checkpoint of a
 //! window never runs ahead of the acknowledgements, and rows of one stream are published one at a
 //! time, in log order. A crash drops the incarnation's future, and with it the reader's
-//! `RemoteHandle`, which cancels every stream reader (scylla-cdc ≥ 0.7, #165).
+//! `RemoteHandle`, which cancels every stream reader (scylla-cdc ≥ 0.7, #165). A graceful stop
+//! ([`LibraryRelay::stop_handle`]) calls `CDCLogReader::stop` and joins the handle.
 //!
 //! Settings map one to one onto `CDCLogReaderBuilder` ([`builder_plan`]): window, safety, sleep,
 //! pause between saves, save/load progress, start timestamp. The checkpoint saver is the
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use async_compat::Compat;
 use async_trait::async_trait;
+use futures::future::Either;
 use scylla::client::session::Session;
 use scylla::value::CqlValue;
 use scylla_cdc::cdc_types::{GenerationTimestamp, StreamID};
@@ -273,6 +275,19 @@ pub struct LibraryRelay {
     session: Arc<Session>,
     config: StreamConfig,
     dead: DeadLetters,
+    stop: (async_channel::Sender<()>, async_channel::Receiver<()>),
+}
+
+/// Stops a running [`LibraryRelay`] gracefully: `CDCLogReader::stop`, then its join.
+#[derive(Clone, Debug)]
+pub struct StopHandle(async_channel::Sender<()>);
+
+impl StopHandle {
+    /// Asks the running incarnation to stop. Its `run` future then resolves `Ok(())` once
+    /// every stream reader finished its current window and the last rows were acknowledged.
+    pub fn stop(&self) {
+        let _ = self.0.try_send(());
+    }
 }
 
 impl fmt::Debug for LibraryRelay {
@@ -294,7 +309,14 @@ impl LibraryRelay {
             session,
             config,
             dead: DeadLetters::default(),
+            stop: async_channel::bounded(1),
         })
+    }
+
+    /// A handle that stops the running incarnation gracefully (a drop of its future is a
+    /// crash instead).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.0.clone())
     }
 
     /// Rows the consumer could not turn into outbox events.
@@ -359,7 +381,7 @@ impl Relay for LibraryRelay {
                 }
                 b.build().await
             };
-            let (reader, handle) = Compat::new(build)
+            let (mut reader, handle) = Compat::new(build)
                 .await
                 .map_err(|e| RelayError::Other(format!("CDCLogReader: {e:#}")))?;
             let publish = async {
@@ -367,12 +389,23 @@ impl Relay for LibraryRelay {
                     let r = ctx.publisher.publish(&event).await.map(drop);
                     let _ = ack.send(r).await;
                 }
-            };
-            let outcome = smol::future::or(async { Some(Compat::new(handle).await) }, async {
-                publish.await;
                 None
-            })
-            .await;
+            };
+            // The join: the handle resolves when every reader ended (after a stop, or on the
+            // first error). Publishing goes on meanwhile, so the last windows are acknowledged.
+            let join = async { Some(Compat::new(handle).await) };
+            let mut running = Box::pin(smol::future::or(join, publish));
+            let stop = this.stop.1.clone();
+            let outcome =
+                match futures::future::select(running.as_mut(), Box::pin(stop.recv())).await {
+                    Either::Left((outcome, _)) => outcome,
+                    Either::Right(_) => {
+                        // A graceful stop: each reader finishes its current window (and the final
+                        // checkpoint save), then the handle resolves.
+                        reader.stop();
+                        running.await
+                    }
+                };
             drop(reader);
             match outcome {
                 Some(Ok(())) => Ok(()),
