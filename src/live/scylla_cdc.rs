@@ -389,12 +389,20 @@ impl Relay for LibraryRelay {
                     let r = ctx.publisher.publish(&event).await.map(drop);
                     let _ = ack.send(r).await;
                 }
-                None
             };
             // The join: the handle resolves when every reader ended (after a stop, or on the
             // first error). Publishing goes on meanwhile, so the last windows are acknowledged.
-            let join = async { Some(Compat::new(handle).await) };
-            let mut running = Box::pin(smol::future::or(join, publish));
+            // The channel closes when the worker drops its consumers, just before the handle
+            // resolves, so a finished publishing loop means "await the result", not an error.
+            let mut handle = Box::pin(Compat::new(handle));
+            let running = async {
+                let mut publish = Box::pin(publish);
+                match futures::future::select(handle.as_mut(), publish.as_mut()).await {
+                    Either::Left((r, _)) => r,
+                    Either::Right(((), _)) => handle.as_mut().await,
+                }
+            };
+            let mut running = Box::pin(running);
             let stop = this.stop.1.clone();
             let outcome =
                 match futures::future::select(running.as_mut(), Box::pin(stop.recv())).await {
@@ -407,11 +415,7 @@ impl Relay for LibraryRelay {
                     }
                 };
             drop(reader);
-            match outcome {
-                Some(Ok(())) => Ok(()),
-                Some(Err(e)) => Err(RelayError::Other(format!("CDCLogReader: {e:#}"))),
-                None => Err(RelayError::Other("the reader's consumers are gone".into())),
-            }
+            outcome.map_err(|e| RelayError::Other(format!("CDCLogReader: {e:#}")))
         })
     }
 }
