@@ -149,6 +149,18 @@ pub fn delivery_latencies_us(ops: &[Op]) -> Vec<u64> {
         .collect()
 }
 
+/// The latency CDF of delivery latencies in µs: 200 points of (latency ms, fraction ≤ it).
+pub fn latency_cdf(mut latencies_us: Vec<u64>) -> Vec<(f64, f64)> {
+    latencies_us.sort_unstable();
+    (1..=200)
+        .filter_map(|i| {
+            let q = i as f64 / 200.0;
+            let idx = ((latencies_us.len() as f64 * q).ceil() as usize).checked_sub(1)?;
+            Some((latencies_us[idx] as f64 / 1_000.0, q))
+        })
+        .collect()
+}
+
 /// Analyses a history.
 pub fn analyze(ops: &[Op]) -> Analysis {
     let mut a = Analysis::default();

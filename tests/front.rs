@@ -11,13 +11,13 @@ use std::time::Duration;
 use outbox_sim::front::{self, FrontConfig, FrontHandle};
 use outbox_sim::history::History;
 use outbox_sim::live::WallClock;
-use outbox_sim::live::kafka::{KafkaConfig, KafkaPublisher, read_topic};
-use outbox_sim::live::pipeline::{IncarnationPorts, LiveOptions, run_pipeline};
+use outbox_sim::live::kafka::{KafkaConfig, read_topic};
+use outbox_sim::live::pipeline::{LiveOptions, LivePorts, run_pipeline};
 use outbox_sim::live::scylla::{ScyllaCheckpoints, ScyllaStore, connect, create_schema};
 use outbox_sim::live::scylla_cdc::LibraryRelay;
 use outbox_sim::model::{AggregateId, EventId, EventType, OrderStatus, OutboxEvent, Timestamp};
 use outbox_sim::ports::{
-    CheckpointStore, Clock, OrderBatch, OutboxStore, Publisher, ScanFrom, WriteTimestamp,
+    CheckpointStore, Clock, OrderBatch, OutboxStore, ScanFrom, WriteTimestamp,
 };
 use outbox_sim::relay::{Relay, StartTimestamp, StreamConfig};
 use outbox_sim::seed::Seed;
@@ -133,31 +133,6 @@ fn the_driver_connects_and_the_live_store_round_trips_through_the_front() {
     );
 }
 
-struct Ports {
-    store: ScyllaStore,
-    history: History,
-    bootstrap: String,
-}
-
-impl IncarnationPorts for Ports {
-    fn checkpoints(&self, n: u32) -> Rc<dyn CheckpointStore> {
-        Rc::new(ScyllaCheckpoints::new(
-            self.store.clone(),
-            self.history.clone(),
-            n,
-            "outbox",
-        ))
-    }
-
-    fn publisher(&self, _n: u32) -> Result<Rc<dyn Publisher>, String> {
-        let mut cfg = KafkaConfig::new(&self.bootstrap, "outbox");
-        cfg.linger = Duration::from_millis(1);
-        Ok(Rc::new(
-            KafkaPublisher::new(&cfg).map_err(|e| e.to_string())?,
-        ))
-    }
-}
-
 /// stream-safe's settings, scaled down: window 1 s, safety 0.5 s, sleep 0.2 s.
 fn scaled_safe() -> StreamConfig {
     StreamConfig {
@@ -210,10 +185,12 @@ fn live_pipeline(nodes: u32, max_page_rows: Option<usize>, orders: usize) -> Run
         let connections_after_connect = front::describe(&f.stats)["connections"];
         let relay = LibraryRelay::new("stream-safe-scaled", s.session(), scaled_safe())
             .expect("the library can run these settings");
-        let ports = Ports {
+        let mut kafka = KafkaConfig::new(&bootstrap, "outbox");
+        kafka.linger = Duration::from_millis(1);
+        let ports = LivePorts {
             store: s.clone(),
             history: history.clone(),
-            bootstrap: bootstrap.clone(),
+            kafka,
         };
         let joiner = async {
             WallClock.sleep(Duration::from_millis(1_000)).await;

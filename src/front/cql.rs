@@ -33,6 +33,28 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// The text of a `q`-quoted token starting at byte `start` (a doubled `q` is one `q`), and the
+/// byte after its closing quote.
+fn quoted(s: &str, start: usize, q: char) -> Result<(String, usize), ParseError> {
+    let mut text = String::new();
+    let mut chars = s[start + 1..].char_indices().peekable();
+    while let Some((j, c)) = chars.next() {
+        if c != q {
+            text.push(c);
+        } else if chars.peek().is_some_and(|(_, n)| *n == q) {
+            text.push(q);
+            chars.next();
+        } else {
+            return Ok((text, start + 1 + j + 1));
+        }
+    }
+    Err(ParseError(if q == '"' {
+        "unterminated quoted identifier".into()
+    } else {
+        "unterminated string literal".into()
+    }))
+}
+
 fn lex(s: &str) -> Result<Vec<Tok>, ParseError> {
     let b = s.as_bytes();
     let mut i = 0;
@@ -42,46 +64,14 @@ fn lex(s: &str) -> Result<Vec<Tok>, ParseError> {
         match c {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b'"' => {
-                let mut j = i + 1;
-                let mut text = String::new();
-                loop {
-                    match b.get(j) {
-                        None => return Err(ParseError("unterminated quoted identifier".into())),
-                        Some(b'"') if b.get(j + 1) == Some(&b'"') => {
-                            text.push('"');
-                            j += 2;
-                        }
-                        Some(b'"') => break,
-                        Some(_) => {
-                            let ch = s[j..].chars().next().expect("in bounds");
-                            text.push(ch);
-                            j += ch.len_utf8();
-                        }
-                    }
-                }
+                let (text, end) = quoted(s, i, '"')?;
                 out.push(Tok::Ident { text, quoted: true });
-                i = j + 1;
+                i = end;
             }
             b'\'' => {
-                let mut j = i + 1;
-                let mut text = String::new();
-                loop {
-                    match b.get(j) {
-                        None => return Err(ParseError("unterminated string literal".into())),
-                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => {
-                            text.push('\'');
-                            j += 2;
-                        }
-                        Some(b'\'') => break,
-                        Some(_) => {
-                            let ch = s[j..].chars().next().expect("in bounds");
-                            text.push(ch);
-                            j += ch.len_utf8();
-                        }
-                    }
-                }
+                let (text, end) = quoted(s, i, '\'')?;
                 out.push(Tok::Str(text));
-                i = j + 1;
+                i = end;
             }
             b'0' if matches!(b.get(i + 1), Some(b'x' | b'X')) => {
                 let mut j = i + 2;

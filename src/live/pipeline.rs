@@ -318,6 +318,35 @@ pub async fn run_pipeline(
     })
 }
 
+/// The ports of live incarnations: the checkpoint table on a live cluster (rows of relay
+/// `outbox`) and a new rdkafka producer session per incarnation.
+#[derive(Debug)]
+pub struct LivePorts {
+    /// The cluster session the checkpoints go through.
+    pub store: super::scylla::ScyllaStore,
+    /// Where checkpoint saves and loads are recorded.
+    pub history: History,
+    /// The producer settings.
+    pub kafka: super::kafka::KafkaConfig,
+}
+
+impl IncarnationPorts for LivePorts {
+    fn checkpoints(&self, n: u32) -> Rc<dyn CheckpointStore> {
+        Rc::new(super::scylla::ScyllaCheckpoints::new(
+            self.store.clone(),
+            self.history.clone(),
+            n,
+            "outbox",
+        ))
+    }
+
+    fn publisher(&self, _n: u32) -> Result<Rc<dyn Publisher>, String> {
+        Ok(Rc::new(
+            super::kafka::KafkaPublisher::new(&self.kafka).map_err(|e| e.to_string())?,
+        ))
+    }
+}
+
 /// Where `outbox-sim live` runs.
 #[derive(Clone, Debug)]
 pub struct LiveTarget {
@@ -374,8 +403,8 @@ pub fn kafka_reachable(bootstrap: &str, timeout: Duration) -> Result<(), String>
 /// presets), the topic read back, the checker. Unreachable servers fail within
 /// `connect_timeout`.
 pub fn run_live(target: &LiveTarget, opts: &LiveOptions) -> Result<LiveReport, String> {
-    use super::kafka::{KafkaConfig, KafkaPublisher, read_topic};
-    use super::scylla::{ScyllaCheckpoints, ScyllaStore, connect, create_schema};
+    use super::kafka::{KafkaConfig, read_topic};
+    use super::scylla::{ScyllaStore, connect, create_schema};
     use crate::relay::AnyRelay;
     use crate::sim::scylla::{Client, QueryStats};
 
@@ -428,27 +457,7 @@ pub fn run_live(target: &LiveTarget, opts: &LiveOptions) -> Result<LiveReport, S
                 false,
             ),
         };
-        struct Ports {
-            store: ScyllaStore,
-            history: History,
-            kafka: KafkaConfig,
-        }
-        impl IncarnationPorts for Ports {
-            fn checkpoints(&self, n: u32) -> Rc<dyn CheckpointStore> {
-                Rc::new(ScyllaCheckpoints::new(
-                    self.store.clone(),
-                    self.history.clone(),
-                    n,
-                    "outbox",
-                ))
-            }
-            fn publisher(&self, _n: u32) -> Result<Rc<dyn Publisher>, String> {
-                Ok(Rc::new(
-                    KafkaPublisher::new(&self.kafka).map_err(|e| e.to_string())?,
-                ))
-            }
-        }
-        let ports = Ports {
+        let ports = LivePorts {
             store: store.clone(),
             history: history.clone(),
             kafka: KafkaConfig::new(&target.kafka, &target.topic),
@@ -480,15 +489,7 @@ pub fn run_live(target: &LiveTarget, opts: &LiveOptions) -> Result<LiveReport, S
         .count();
     let minutes = (outcome.wall_s / 60.0).max(1e-9);
     let total = stats.total(Client::Relay);
-    let mut latencies = outcome.latencies_us.clone();
-    latencies.sort_unstable();
-    let latency_cdf = (1..=200)
-        .filter_map(|i| {
-            let q = i as f64 / 200.0;
-            let idx = ((latencies.len() as f64 * q).ceil() as usize).checked_sub(1)?;
-            Some((latencies[idx] as f64 / 1_000.0, q))
-        })
-        .collect();
+    let latency_cdf = crate::check::latency_cdf(outcome.latencies_us.clone());
     let report = crate::scenario::RunReport {
         relay: target.preset.name().to_string(),
         scenario: format!("live {} → {}", target.scylla, target.kafka),

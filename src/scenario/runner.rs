@@ -158,15 +158,8 @@ pub fn run_world(
         .map(|(_, k, c)| (k, c.queries))
         .collect();
     let analysis = analyze(&history.ops());
-    let mut latencies = crate::check::delivery_latencies_us(&history.ops());
-    latencies.sort_unstable();
-    let latency_cdf = (1..=200)
-        .filter_map(|i| {
-            let q = i as f64 / 200.0;
-            let idx = ((latencies.len() as f64 * q).ceil() as usize).checked_sub(1)?;
-            Some((latencies[idx] as f64 / 1_000.0, q))
-        })
-        .collect();
+    let latency_cdf =
+        crate::check::latency_cdf(crate::check::delivery_latencies_us(&history.ops()));
     let report = RunReport {
         relay: relay.name(),
         scenario: scenario.name.clone(),
