@@ -25,8 +25,11 @@
 //! of one aggregate share a partition (the keyed partitioner guarantees it).
 
 mod anomaly;
+#[cfg(test)]
+mod oracle;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -75,10 +78,13 @@ pub struct Analysis {
     pub catch_up_ms: Vec<f64>,
     /// Relay restarts (crash or exit followed by a start).
     pub restarts: u32,
-    /// Every anomaly, in the order found (at most 1,000 kept).
+    /// Every anomaly, in the order found: as ops arrive, and for events and aggregates when they
+    /// settle or at the end (at most 1,000 kept, plus the first failure if it came later).
     pub anomalies: Vec<Anomaly>,
     /// Anomalies per kind (all of them, also past the kept 1,000).
     pub anomaly_counts: BTreeMap<String, u64>,
+    /// Anomalies that fail the run (all of them, also past the kept 1,000).
+    pub failures: u64,
     /// How often each fault, trigger and recovery path happened.
     pub coverage: BTreeMap<String, u64>,
 }
@@ -86,7 +92,7 @@ pub struct Analysis {
 impl Analysis {
     /// Whether any anomaly fails the run.
     pub fn failed(&self) -> bool {
-        self.anomalies.iter().any(Anomaly::is_failure)
+        self.failures > 0
     }
 
     /// The first failing anomaly.
@@ -94,11 +100,15 @@ impl Analysis {
         self.anomalies.iter().find(|a| a.is_failure())
     }
 
+    /// Counts `a` and keeps it among the first 1,000, or past them if it is the first failure
+    /// (so [`first_failure`](Self::first_failure) always finds one when the run failed).
     fn push(&mut self, a: Anomaly) {
         *self.anomaly_counts.entry(a.kind().to_string()).or_default() += 1;
-        if self.anomalies.len() < MAX_KEPT_ANOMALIES {
+        let failure = a.is_failure();
+        if self.anomalies.len() < MAX_KEPT_ANOMALIES || (failure && self.failures == 0) {
             self.anomalies.push(a);
         }
+        self.failures += u64::from(failure);
     }
 
     fn cover(&mut self, what: &str, n: u64) {
@@ -113,17 +123,6 @@ const MAX_KEPT_ANOMALIES: usize = 1_000;
 /// A row that expires unread counts against the relay only if the relay was up, and the cluster
 /// reachable, for this long before the row expired (time to catch up after a restart).
 pub const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
-struct Commit {
-    at: Timestamp,
-    aggregate: AggregateId,
-    seq: u64,
-    write_ts: Timestamp,
-    expires_at: Timestamp,
-}
-
-/// Per event: every publish as (time, incarnation).
-type Publishes = BTreeMap<EventId, Vec<(Timestamp, u32)>>;
 
 /// Every event's delivery latency (first publish − commit) in µs, in commit order; events never
 /// published are left out.
@@ -161,23 +160,127 @@ pub fn latency_cdf(mut latencies_us: Vec<u64>) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Analyses a history.
+/// Analyses a whole history (the same as feeding every op to a [`Checker`]).
 pub fn analyze(ops: &[Op]) -> Analysis {
-    let mut a = Analysis::default();
-    let mut commits: BTreeMap<EventId, Commit> = BTreeMap::new();
-    let mut publishes: Publishes = BTreeMap::new();
-    let mut failure_times: BTreeMap<u32, BTreeSet<Timestamp>> = BTreeMap::new();
-    let mut topic: BTreeMap<u32, BTreeMap<u64, (EventId, AggregateId, u64)>> = BTreeMap::new();
-    let mut up_intervals: Vec<(Timestamp, Option<Timestamp>)> = Vec::new();
-    let mut restarts: Vec<Timestamp> = Vec::new();
-    let mut loaded_cursor: BTreeMap<u32, Timestamp> = BTreeMap::new();
-    let mut loaded: BTreeMap<(u32, CheckpointWhat), Timestamp> = BTreeMap::new();
-    let mut last_save: BTreeMap<(u32, CheckpointWhat), Timestamp> = BTreeMap::new();
-    let mut end = Timestamp::MIN;
-    let mut db_outages: Vec<(Timestamp, Option<Timestamp>)> = Vec::new();
-
+    let mut c = Checker::new();
     for op in ops {
-        end = end.max(op.at);
+        c.observe(op);
+    }
+    c.analysis()
+}
+
+/// A record for an event is expected at most this long after its rows expired (a relay that
+/// read them just before expiry and then waited out a broker outage). Past it the checker
+/// settles the event, forgets it, and reports any later record for it as a phantom.
+pub const SETTLE_AFTER_EXPIRY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// One committed event the checker still tracks.
+#[derive(Clone, Debug)]
+struct Tracked {
+    at: Timestamp,
+    aggregate: AggregateId,
+    seq: u64,
+    write_ts: Timestamp,
+    expires_at: Timestamp,
+    /// First record: (ack time, incarnation).
+    first: Option<(Timestamp, u32)>,
+    /// Latest record.
+    last: Option<(Timestamp, u32)>,
+}
+
+/// Records of an event not (yet) committed: the relay may read a write before the writer's
+/// acknowledgement is recorded, or the event is a phantom.
+#[derive(Clone, Debug)]
+struct Orphan {
+    first: (Timestamp, u32),
+    last: (Timestamp, u32),
+}
+
+/// One event of an aggregate, for the ordering check.
+#[derive(Clone, Copy, Debug)]
+struct AggregateEvent {
+    event: EventId,
+    seq: u64,
+    /// Write timestamp once the commit is seen.
+    write_ts: Timestamp,
+    /// Partition and lowest offset of its records, once published.
+    first: Option<(u32, u64)>,
+}
+
+/// Per aggregate: its events (an order has a handful) and how many are still tracked. Its
+/// ordering is judged when the last of them settles, or at the end, over offsets rather than
+/// acknowledgement order (a retried append can be acknowledged after later offsets).
+#[derive(Clone, Debug, Default)]
+struct AggregateState {
+    events: Vec<AggregateEvent>,
+    tracked: u32,
+}
+
+/// The streaming checker: observes a history op by op, in time order, and keeps only what a
+/// later op can still change.
+///
+/// An event is tracked from its commit until [`SETTLE_AFTER_EXPIRY`] past its rows' expiry;
+/// then it is settled (published, or reported lost/expired) and forgotten, so a run's memory
+/// stays bounded by the TTL, however long the run. Events whose rows never expire are tracked
+/// to the end. [`analyze`] over a whole history gives the same figures as feeding it here.
+#[derive(Clone, Debug)]
+pub struct Checker {
+    a: Analysis,
+    events: fnv::FnvHashMap<EventId, Tracked>,
+    orphans: BTreeMap<EventId, Orphan>,
+    settle: BinaryHeap<Reverse<(Timestamp, EventId)>>,
+    aggregates: fnv::FnvHashMap<AggregateId, AggregateState>,
+    last_failure: BTreeMap<u32, Timestamp>,
+    up_intervals: Vec<(Timestamp, Option<Timestamp>)>,
+    restarts: Vec<Timestamp>,
+    catch_up: Vec<std::time::Duration>,
+    loaded_cursor: BTreeMap<u32, Timestamp>,
+    loaded: BTreeMap<(u32, CheckpointWhat), Timestamp>,
+    last_save: BTreeMap<(u32, CheckpointWhat), Timestamp>,
+    db_outages: Vec<(Timestamp, Option<Timestamp>)>,
+    end: Timestamp,
+    latency: Histogram<u64>,
+    delivery: Histogram<u64>,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Checker {
+    /// A checker that has seen nothing.
+    pub fn new() -> Self {
+        Checker {
+            a: Analysis::default(),
+            events: Default::default(),
+            orphans: BTreeMap::new(),
+            settle: BinaryHeap::new(),
+            aggregates: Default::default(),
+            last_failure: BTreeMap::new(),
+            up_intervals: Vec::new(),
+            restarts: Vec::new(),
+            catch_up: Vec::new(),
+            loaded_cursor: BTreeMap::new(),
+            loaded: BTreeMap::new(),
+            last_save: BTreeMap::new(),
+            db_outages: Vec::new(),
+            end: Timestamp::MIN,
+            latency: Histogram::new(3).expect("valid histogram"),
+            delivery: Histogram::new(3).expect("valid histogram"),
+        }
+    }
+
+    /// Events (committed or only published) the checker still holds.
+    pub fn tracked(&self) -> usize {
+        self.events.len() + self.orphans.len()
+    }
+
+    /// Observes the next op (ops arrive in time order).
+    pub fn observe(&mut self, op: &Op) {
+        self.end = self.end.max(op.at);
+        self.settle_before(op.at);
         match &op.kind {
             OpKind::Committed {
                 event,
@@ -188,19 +291,10 @@ pub fn analyze(ops: &[Op]) -> Analysis {
                 late,
                 ..
             } => {
-                commits.insert(
-                    *event,
-                    Commit {
-                        at: op.at,
-                        aggregate: *aggregate,
-                        seq: *seq,
-                        write_ts: *write_ts,
-                        expires_at: *expires_at,
-                    },
-                );
-                a.cover("late_write_committed", u64::from(*late));
+                self.commit(op.at, *event, *aggregate, *seq, *write_ts, *expires_at);
+                self.a.cover("late_write_committed", u64::from(*late));
             }
-            OpKind::WriteFailed { .. } => a.cover("write_failed", 1),
+            OpKind::WriteFailed { .. } => self.a.cover("write_failed", 1),
             OpKind::Published {
                 event,
                 aggregate,
@@ -208,29 +302,32 @@ pub fn analyze(ops: &[Op]) -> Analysis {
                 partition,
                 offset,
                 incarnation,
-            } => {
-                a.records += 1;
-                publishes
-                    .entry(*event)
-                    .or_default()
-                    .push((op.at, *incarnation));
-                topic
-                    .entry(*partition)
-                    .or_default()
-                    .insert(*offset, (*event, *aggregate, *seq));
-            }
+            } => self.publish(
+                op.at,
+                *event,
+                *aggregate,
+                *seq,
+                *partition,
+                *offset,
+                *incarnation,
+            ),
             OpKind::PublishFailed { incarnation, .. } => {
-                failure_times.entry(*incarnation).or_default().insert(op.at);
-                a.cover("publish_failed", 1);
+                self.last_failure.insert(*incarnation, op.at);
+                self.a.cover("publish_failed", 1);
             }
-            OpKind::RelayStarted { .. } => {
-                if !up_intervals.is_empty() {
-                    restarts.push(op.at);
+            OpKind::RelayStarted { incarnation } => {
+                if !self.up_intervals.is_empty() {
+                    self.restarts.push(op.at);
+                    self.catch_up.push(std::time::Duration::ZERO);
                 }
-                up_intervals.push((op.at, None));
+                self.up_intervals.push((op.at, None));
+                // Only a running incarnation saves checkpoints: forget the others' positions.
+                let keep = |k: &(u32, CheckpointWhat), _: &mut Timestamp| k.0 >= *incarnation;
+                self.loaded.retain(keep);
+                self.last_save.retain(keep);
             }
             OpKind::RelayCrashed { .. } | OpKind::RelayExited { .. } => {
-                if let Some(last) = up_intervals.last_mut() {
+                if let Some(last) = self.up_intervals.last_mut() {
                     last.1.get_or_insert(op.at);
                 }
                 let name = if matches!(op.kind, OpKind::RelayCrashed { .. }) {
@@ -238,7 +335,7 @@ pub fn analyze(ops: &[Op]) -> Analysis {
                 } else {
                     "relay_exited"
                 };
-                a.cover(name, 1);
+                self.a.cover(name, 1);
             }
             OpKind::CheckpointLoaded {
                 what,
@@ -246,215 +343,402 @@ pub fn analyze(ops: &[Op]) -> Analysis {
                 incarnation,
             } => {
                 if *what == CheckpointWhat::Cursor {
-                    loaded_cursor.insert(*incarnation, *p);
+                    self.loaded_cursor.insert(*incarnation, *p);
                 }
-                loaded.insert((*incarnation, *what), *p);
+                self.loaded.insert((*incarnation, *what), *p);
             }
             OpKind::CheckpointLoaded { .. } => {}
             OpKind::CheckpointSaved {
                 what,
                 position,
                 incarnation,
-            } => {
-                let key = (*incarnation, *what);
-                if let Some(prev) = last_save.get(&key)
-                    && position < prev
-                {
-                    a.push(Anomaly::CheckpointRegressed {
-                        what: *what,
-                        from: *prev,
-                        to: *position,
-                        at: op.at,
-                        incarnation: *incarnation,
-                    });
-                }
-                if let Some(l) = loaded.get(&key)
-                    && position < l
-                {
-                    // Below what this incarnation itself loaded: scylla-cdc's saver writes the
-                    // reader's lower timestamp first (reference §2.6.3).
-                    a.cover("checkpoint_rewound_on_restart", 1);
-                    a.push(Anomaly::CheckpointRegressed {
-                        what: *what,
-                        from: *l,
-                        to: *position,
-                        at: op.at,
-                        incarnation: *incarnation,
-                    });
-                }
-                last_save.insert(key, *position);
-            }
-            OpKind::GenerationCreated { .. } => a.cover("generation_created", 1),
+            } => self.checkpoint_saved(op.at, *what, *position, *incarnation),
+            OpKind::GenerationCreated { .. } => self.a.cover("generation_created", 1),
             OpKind::Fault { name, on } => {
                 if name == "db_outage" {
                     if *on {
-                        db_outages.push((op.at, None));
-                    } else if let Some(last) = db_outages.last_mut() {
+                        self.db_outages.push((op.at, None));
+                    } else if let Some(last) = self.db_outages.last_mut() {
                         last.1.get_or_insert(op.at);
                     }
                 }
                 if *on {
-                    a.cover(name, 1);
+                    self.a.cover(name, 1);
                 }
             }
         }
     }
-    // The first generation exists before the run; only later ones are faults.
-    if let Some(n) = a.coverage.get_mut("generation_created") {
-        *n -= 1;
-        if *n == 0 {
-            a.coverage.remove("generation_created");
+
+    fn commit(
+        &mut self,
+        at: Timestamp,
+        event: EventId,
+        aggregate: AggregateId,
+        seq: u64,
+        write_ts: Timestamp,
+        expires_at: Timestamp,
+    ) {
+        self.a.committed += 1;
+        let mut t = Tracked {
+            at,
+            aggregate,
+            seq,
+            write_ts,
+            expires_at,
+            first: None,
+            last: None,
+        };
+        if let Some(o) = self.orphans.remove(&event) {
+            // Published before the writer's acknowledgement was recorded.
+            t.first = Some(o.first);
+            t.last = Some(o.last);
+            self.first_delivery(&t);
+        }
+        let agg = self.aggregates.entry(aggregate).or_default();
+        agg.tracked += 1;
+        match agg.events.iter_mut().find(|e| e.event == event) {
+            Some(e) => e.write_ts = write_ts,
+            None => agg.events.push(AggregateEvent {
+                event,
+                seq,
+                write_ts,
+                first: None,
+            }),
+        }
+        if expires_at != Timestamp::MAX {
+            self.settle
+                .push(Reverse((expires_at + SETTLE_AFTER_EXPIRY, event)));
+        }
+        self.events.insert(event, t);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        at: Timestamp,
+        event: EventId,
+        aggregate: AggregateId,
+        seq: u64,
+        partition: u32,
+        offset: u64,
+        incarnation: u32,
+    ) {
+        self.a.records += 1;
+        let now = (at, incarnation);
+        let previous = match self.events.get_mut(&event) {
+            Some(t) => {
+                let previous = t.last.replace(now);
+                if t.first.is_none() {
+                    t.first = Some(now);
+                }
+                previous
+            }
+            None => match self.orphans.get_mut(&event) {
+                Some(o) => Some(std::mem::replace(&mut o.last, now)),
+                None => {
+                    self.orphans.insert(
+                        event,
+                        Orphan {
+                            first: now,
+                            last: now,
+                        },
+                    );
+                    None
+                }
+            },
+        };
+        self.record_offset(event, aggregate, seq, partition, offset);
+        match previous {
+            None => {
+                if let Some(t) = self.events.get(&event) {
+                    let t = t.clone();
+                    self.first_delivery(&t);
+                }
+            }
+            Some(prev) => {
+                self.a.duplicated += 1;
+                self.duplicate(event, prev, now);
+            }
         }
     }
 
-    a.committed = commits.len() as u64;
-    // Whether the relay was down, or the cluster unreachable, at any moment of [from, to].
-    let hindered = |from: Timestamp, to: Timestamp| {
-        let up_throughout = up_intervals
+    /// Accounting for an event's first record, once both it and the commit are known.
+    fn first_delivery(&mut self, t: &Tracked) {
+        let (p, _) = t.first.expect("delivered");
+        self.a.published += 1;
+        let us = p.saturating_since(t.at).as_micros() as u64;
+        self.delivery.record(us).expect("histogram auto-resizes");
+        let same_incarnation = self
+            .up_intervals
             .iter()
-            .any(|(s, e)| *s <= from && e.is_none_or(|e| to < e));
-        let db_down = db_outages
-            .iter()
-            .any(|(s, e)| *s <= to && e.is_none_or(|e| from < e));
-        !up_throughout || db_down
-    };
-    for (id, ps) in &publishes {
-        if commits.contains_key(id) {
-            a.published += 1;
-        } else {
-            a.phantom += 1;
-            a.push(Anomaly::Phantom { event: *id });
+            .any(|(s, e)| *s <= t.at && e.is_none_or(|e| t.at < e && p <= e));
+        if same_incarnation {
+            self.latency.record(us).expect("histogram auto-resizes");
         }
-        a.duplicated += ps.len() as u64 - 1;
-        for pair in ps.windows(2) {
-            let ((t0, i0), (t1, i1)) = (pair[0], pair[1]);
-            let why = if i0 != i1 {
-                // A restart explains it, unless the new incarnation loaded a cursor past the row.
-                match (loaded_cursor.get(&i1), commits.get(id)) {
-                    (Some(cursor), Some(c)) if c.write_ts < *cursor => Some(format!(
-                        "incarnation {i1} loaded cursor {cursor}, already past the row's created_at {}",
-                        c.write_ts
-                    )),
-                    _ => None,
-                }
-            } else {
-                // A failed publish in this incarnation (of this event or of its batch) makes a
-                // relay send again what it cannot prove was acknowledged.
-                let failed_between = failure_times
-                    .get(&i1)
-                    .is_some_and(|ts| ts.range(t0..=t1).next().is_some());
-                (!failed_between).then(|| {
-                    format!("same incarnation {i1}, no crash and no publish error in between")
-                })
-            };
-            if let Some(why) = why {
-                a.duplicated_unexplained += 1;
-                a.push(Anomaly::DuplicatedUnexplained {
-                    event: *id,
-                    incarnation: i1,
-                    previous_at: t0,
-                    again_at: t1,
-                    why,
+        // Catch-up: every restart after the commit and not after the first record.
+        let from = self.restarts.partition_point(|r| *r <= t.at);
+        for (r, worst) in self.restarts[from..]
+            .iter()
+            .zip(&mut self.catch_up[from..])
+            .take_while(|(r, _)| **r <= p)
+        {
+            *worst = (*worst).max(p.saturating_since(*r));
+        }
+    }
+
+    /// Remembers the lowest offset of an event's records, for the ordering check.
+    fn record_offset(
+        &mut self,
+        event: EventId,
+        aggregate: AggregateId,
+        seq: u64,
+        partition: u32,
+        offset: u64,
+    ) {
+        let agg = self.aggregates.entry(aggregate).or_default();
+        let e = match agg.events.iter_mut().position(|e| e.event == event) {
+            Some(i) => &mut agg.events[i],
+            None => {
+                agg.events.push(AggregateEvent {
+                    event,
+                    seq,
+                    write_ts: Timestamp::MIN,
+                    first: None,
                 });
+                agg.events.last_mut().expect("pushed")
             }
-        }
-    }
-    for (id, c) in &commits {
-        if publishes.contains_key(id) {
-            continue;
-        }
-        a.lost += 1;
-        if c.expires_at <= end {
-            let explained = hindered(c.expires_at - EXPIRY_GRACE, c.expires_at);
-            a.cover("expired_before_read", 1);
-            a.push(Anomaly::ExpiredBeforeRead {
-                event: *id,
-                committed_at: c.at,
-                expired_at: c.expires_at,
-                explained_by_downtime: explained,
-            });
-        } else {
-            a.push(Anomaly::Lost {
-                event: *id,
-                aggregate: c.aggregate,
-                seq: c.seq,
-                committed_at: c.at,
-            });
+        };
+        match &mut e.first {
+            Some((_, o)) => *o = (*o).min(offset),
+            None => e.first = Some((partition, offset)),
         }
     }
 
-    // Reordering: first occurrences in offset order, per aggregate.
-    let mut seen: BTreeSet<EventId> = BTreeSet::new();
-    let mut max_seq: BTreeMap<AggregateId, (u64, Timestamp)> = BTreeMap::new();
-    for (partition, part) in &topic {
-        for (offset, (event, aggregate, seq)) in part {
-            if !seen.insert(*event) {
-                continue;
-            }
-            let write_ts = commits.get(event).map_or(Timestamp::MIN, |c| c.write_ts);
-            let m = max_seq.entry(*aggregate).or_insert((0, Timestamp::MIN));
-            if *seq < m.0 {
+    /// Reordering: an aggregate's first records in offset order; one whose seq is below an
+    /// earlier one's is reordered.
+    fn judge_order(a: &mut Analysis, aggregate: AggregateId, events: &[AggregateEvent]) {
+        let mut firsts: Vec<&AggregateEvent> =
+            events.iter().filter(|e| e.first.is_some()).collect();
+        firsts.sort_by_key(|e| e.first);
+        let (mut max_seq, mut max_write_ts) = (0, Timestamp::MIN);
+        for e in firsts {
+            let (partition, offset) = e.first.expect("filtered");
+            if e.seq < max_seq {
                 // Equal timestamps count too: Scylla orders them by the timeuuid's random bits.
-                let caused_by_writer = write_ts >= m.1;
+                let caused_by_writer = e.write_ts >= max_write_ts;
                 if caused_by_writer {
                     a.cover("writer_timestamp_inversion", 1);
                 } else {
                     a.reordered += 1;
                 }
                 a.push(Anomaly::ReorderedWithinAggregate {
-                    event: *event,
-                    aggregate: *aggregate,
-                    seq: *seq,
-                    after_seq: m.0,
-                    partition: *partition,
-                    offset: *offset,
+                    event: e.event,
+                    aggregate,
+                    seq: e.seq,
+                    after_seq: max_seq,
+                    partition,
+                    offset,
                     caused_by_writer,
                 });
             } else {
-                *m = (*seq, write_ts);
+                (max_seq, max_write_ts) = (e.seq, e.write_ts);
             }
         }
     }
 
-    // Latency over events committed and delivered by the same incarnation.
-    let same_incarnation = |commit: Timestamp, publish: Timestamp| {
-        up_intervals
-            .iter()
-            .any(|(s, e)| *s <= commit && e.is_none_or(|e| commit < e && publish <= e))
-    };
-    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
-    for (id, c) in &commits {
-        if let Some(ps) = publishes.get(id)
-            && same_incarnation(c.at, ps[0].0)
-        {
-            hist.record(ps[0].0.saturating_since(c.at).as_micros() as u64)
-                .expect("histogram auto-resizes");
+    fn duplicate(
+        &mut self,
+        event: EventId,
+        (t0, i0): (Timestamp, u32),
+        (t1, i1): (Timestamp, u32),
+    ) {
+        let why = if i0 != i1 {
+            // A restart explains it, unless the new incarnation loaded a cursor past the row.
+            match (self.loaded_cursor.get(&i1), self.events.get(&event)) {
+                (Some(cursor), Some(c)) if c.write_ts < *cursor => Some(format!(
+                    "incarnation {i1} loaded cursor {cursor}, already past the row's created_at {}",
+                    c.write_ts
+                )),
+                _ => None,
+            }
+        } else {
+            // A failed publish in this incarnation (of this event or of its batch) makes a relay
+            // send again what it cannot prove was acknowledged.
+            let failed_between = self.last_failure.get(&i1).is_some_and(|f| *f >= t0);
+            (!failed_between)
+                .then(|| format!("same incarnation {i1}, no crash and no publish error in between"))
+        };
+        if let Some(why) = why {
+            self.a.duplicated_unexplained += 1;
+            self.a.push(Anomaly::DuplicatedUnexplained {
+                event,
+                incarnation: i1,
+                previous_at: t0,
+                again_at: t1,
+                why,
+            });
         }
     }
-    a.latency_samples = hist.len();
-    if !hist.is_empty() {
-        let ms = |us: u64| us as f64 / 1_000.0;
-        a.latency_ms = LatencyMs {
-            p50: ms(hist.value_at_quantile(0.50)),
-            p99: ms(hist.value_at_quantile(0.99)),
-            max: ms(hist.max()),
-        };
+
+    fn checkpoint_saved(
+        &mut self,
+        at: Timestamp,
+        what: CheckpointWhat,
+        position: Timestamp,
+        incarnation: u32,
+    ) {
+        let key = (incarnation, what);
+        if let Some(prev) = self.last_save.insert(key, position)
+            && position < prev
+        {
+            self.a.push(Anomaly::CheckpointRegressed {
+                what,
+                from: prev,
+                to: position,
+                at,
+                incarnation,
+            });
+        }
+        if let Some(l) = self.loaded.get(&key)
+            && position < *l
+        {
+            // Below what this incarnation itself loaded: scylla-cdc's saver writes the
+            // reader's lower timestamp first (reference §2.6.3).
+            let l = *l;
+            self.a.cover("checkpoint_rewound_on_restart", 1);
+            self.a.push(Anomaly::CheckpointRegressed {
+                what,
+                from: l,
+                to: position,
+                at,
+                incarnation,
+            });
+        }
     }
 
-    // Catch-up per restart.
-    a.restarts = restarts.len() as u32;
-    for r in restarts {
-        let worst = commits
+    /// Whether the relay was down, or the cluster unreachable, at any moment of [from, to].
+    fn hindered(&self, from: Timestamp, to: Timestamp) -> bool {
+        let up_throughout = self
+            .up_intervals
             .iter()
-            .filter(|(_, c)| c.at < r)
-            .filter_map(|(id, _)| publishes.get(id).map(|ps| ps[0].0))
-            .filter(|p| *p >= r)
-            .map(|p| p.saturating_since(r))
-            .max()
-            .unwrap_or_default();
-        a.catch_up_ms.push(worst.as_micros() as f64 / 1_000.0);
+            .any(|(s, e)| *s <= from && e.is_none_or(|e| to < e));
+        let db_down = self
+            .db_outages
+            .iter()
+            .any(|(s, e)| *s <= to && e.is_none_or(|e| from < e));
+        !up_throughout || db_down
     }
-    a
+
+    /// The verdict on an event nobody published.
+    fn unpublished(&self, id: EventId, t: &Tracked) -> Anomaly {
+        if t.expires_at <= self.end {
+            Anomaly::ExpiredBeforeRead {
+                event: id,
+                committed_at: t.at,
+                expired_at: t.expires_at,
+                explained_by_downtime: self.hindered(t.expires_at - EXPIRY_GRACE, t.expires_at),
+            }
+        } else {
+            Anomaly::Lost {
+                event: id,
+                aggregate: t.aggregate,
+                seq: t.seq,
+                committed_at: t.at,
+            }
+        }
+    }
+
+    fn count_unpublished(a: &mut Analysis, anomaly: Anomaly) {
+        a.lost += 1;
+        if matches!(anomaly, Anomaly::ExpiredBeforeRead { .. }) {
+            a.cover("expired_before_read", 1);
+        }
+        a.push(anomaly);
+    }
+
+    /// Settles every event whose settle time is before `now`.
+    fn settle_before(&mut self, now: Timestamp) {
+        while let Some(Reverse((at, id))) = self.settle.peek().copied()
+            && at < now
+        {
+            self.settle.pop();
+            let Some(t) = self.events.remove(&id) else {
+                continue;
+            };
+            if t.first.is_none() {
+                let anomaly = self.unpublished(id, &t);
+                Self::count_unpublished(&mut self.a, anomaly);
+            }
+            if let Some(m) = self.aggregates.get_mut(&t.aggregate) {
+                m.tracked -= 1;
+                if m.tracked == 0
+                    && let Some(m) = self.aggregates.remove(&t.aggregate)
+                {
+                    Self::judge_order(&mut self.a, t.aggregate, &m.events);
+                }
+            }
+        }
+    }
+
+    /// The analysis of everything observed so far, as if the history ended at the last op.
+    pub fn analysis(&self) -> Analysis {
+        let mut a = self.a.clone();
+        // The first generation exists before the run; only later ones are faults.
+        if let Some(n) = a.coverage.get_mut("generation_created") {
+            *n -= 1;
+            if *n == 0 {
+                a.coverage.remove("generation_created");
+            }
+        }
+        let mut left: Vec<(&EventId, &Tracked)> = self
+            .events
+            .iter()
+            .filter(|(_, t)| t.first.is_none())
+            .collect();
+        left.sort_unstable_by_key(|(id, _)| **id);
+        for (id, t) in left {
+            Self::count_unpublished(&mut a, self.unpublished(*id, t));
+        }
+        let mut aggregates: Vec<(&AggregateId, &AggregateState)> = self.aggregates.iter().collect();
+        aggregates.sort_unstable_by_key(|(id, _)| **id);
+        for (id, m) in aggregates {
+            Self::judge_order(&mut a, *id, &m.events);
+        }
+        for id in self.orphans.keys() {
+            a.phantom += 1;
+            a.push(Anomaly::Phantom { event: *id });
+        }
+        a.latency_samples = self.latency.len();
+        if !self.latency.is_empty() {
+            let ms = |us: u64| us as f64 / 1_000.0;
+            a.latency_ms = LatencyMs {
+                p50: ms(self.latency.value_at_quantile(0.50)),
+                p99: ms(self.latency.value_at_quantile(0.99)),
+                max: ms(self.latency.max()),
+            };
+        }
+        a.restarts = self.restarts.len() as u32;
+        a.catch_up_ms = self
+            .catch_up
+            .iter()
+            .map(|d| d.as_micros() as f64 / 1_000.0)
+            .collect();
+        a
+    }
+
+    /// The CDF of every delivered event's latency (first record − commit, whichever incarnation):
+    /// 200 points of (latency ms, fraction ≤ it).
+    pub fn delivery_cdf(&self) -> Vec<(f64, f64)> {
+        if self.delivery.is_empty() {
+            return Vec::new();
+        }
+        (1..=200)
+            .map(|i| {
+                let q = i as f64 / 200.0;
+                (self.delivery.value_at_quantile(q) as f64 / 1_000.0, q)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -532,12 +816,14 @@ mod tests {
         let kinds: Vec<&str> = a.anomalies.iter().map(Anomaly::kind).collect();
         assert_eq!(
             kinds,
+            // In the order found: as the ops arrive, then the end-of-run verdicts (unpublished
+            // events, each aggregate's order, phantoms).
             vec![
-                "CheckpointRegressed",
                 "DuplicatedUnexplained",
-                "Phantom",
+                "CheckpointRegressed",
                 "Lost",
-                "ReorderedWithinAggregate"
+                "ReorderedWithinAggregate",
+                "Phantom",
             ]
         );
         assert_eq!(
@@ -553,6 +839,55 @@ mod tests {
         assert_eq!((a.reordered, a.phantom, a.restarts), (1, 1, 1));
         assert_eq!(a.coverage.get("relay_crashed"), Some(&1));
         assert!(a.failed());
+    }
+
+    /// The streaming checker, fed op by op as the world runs (and forgetting settled events),
+    /// finds what the whole-history oracle finds in the kept history, on swarm worlds with
+    /// crashes, outages, lost acknowledgements, expiries, reorders and phantom-free duplicates;
+    /// and a run that keeps no ops has the same digest and report.
+    #[test]
+    fn the_streaming_checker_agrees_with_the_whole_history_oracle() {
+        use crate::hunt::{RelaySpec, hunt_scenario, swarm_scenario};
+        use crate::seed::Seed;
+        let base = hunt_scenario();
+        let mut failing = 0;
+        for (spec, seed) in [
+            ("poll-naive", 0),
+            ("poll-safe", 1),
+            ("stream-default", 0),
+            ("stream-safe", 2),
+            ("stream-tuned", 1),
+            ("mutant:concurrent-publish", 1),
+            ("mutant:checkpoint-before-ack", 1),
+            ("mutant:swallowed-publish-error", 3),
+        ] {
+            let sc = swarm_scenario(&base, Seed(seed));
+            let relay = RelaySpec::parse(spec).expect("a known relay");
+            let (report, sim) =
+                crate::scenario::run_world(&sc, relay.relay(&sc), Seed(seed)).expect("runs");
+            let oracle = oracle::analyze(&sim.history().ops());
+            let mut streamed = report.analysis.clone();
+            assert_eq!(
+                streamed.anomaly_counts, oracle.anomaly_counts,
+                "{spec} {seed}"
+            );
+            if oracle.anomalies.len() < MAX_KEPT_ANOMALIES {
+                let sorted = |a: &Analysis| {
+                    let mut v: Vec<String> = a.anomalies.iter().map(|x| format!("{x:?}")).collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(sorted(&streamed), sorted(&oracle), "{spec} {seed}");
+            }
+            streamed.anomalies = oracle.anomalies.clone();
+            assert_eq!(streamed, oracle, "{spec} {seed}");
+            failing += u32::from(oracle.failed());
+
+            let streaming = crate::scenario::run(&sc, relay.relay(&sc), Seed(seed)).expect("runs");
+            assert_eq!(streaming.digest, report.digest, "{spec} {seed}");
+            assert_eq!(streaming.analysis, report.analysis, "{spec} {seed}");
+        }
+        assert!(failing >= 3, "the sample includes failing runs ({failing})");
     }
 
     #[test]

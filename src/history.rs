@@ -12,6 +12,7 @@ use std::rc::Rc;
 use serde::Serialize;
 
 use crate::cdc::StreamId;
+use crate::check::{Analysis, Checker};
 use crate::model::{AggregateId, EventId, Timestamp};
 
 /// What happened.
@@ -142,51 +143,124 @@ pub struct Op {
 }
 
 /// A shared, append-only history (clones append to the same log).
-#[derive(Clone, Debug, Default)]
+///
+/// Every op goes, as it is recorded, to the running [`digest`](History::digest) and to a
+/// streaming [`Checker`]; a history made with [`History::new`] also keeps the ops themselves
+/// (for tests, replays and "ops around the failure"), one made with [`History::streaming`] does
+/// not, so a long run's memory does not grow with its length.
+#[derive(Clone, Debug)]
 pub struct History {
-    ops: Rc<RefCell<Vec<Op>>>,
+    inner: Rc<RefCell<Inner>>,
+}
+
+struct Inner {
+    ops: Option<Vec<Op>>,
+    last_at: Option<Timestamp>,
+    len: usize,
+    digest: fnv::FnvHasher,
+    checker: Checker,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("len", &self.len)
+            .field("keeps_ops", &self.ops.is_some())
+            .field("tracked", &self.checker.tracked())
+            .finish()
+    }
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl History {
-    /// An empty history.
+    /// An empty history that keeps every op.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_ops(true)
+    }
+
+    /// An empty history that keeps only its digest and the checker's running state.
+    pub fn streaming() -> Self {
+        Self::with_ops(false)
+    }
+
+    fn with_ops(keep: bool) -> Self {
+        History {
+            inner: Rc::new(RefCell::new(Inner {
+                ops: keep.then(Vec::new),
+                last_at: None,
+                len: 0,
+                digest: fnv::FnvHasher::default(),
+                checker: Checker::new(),
+            })),
+        }
     }
 
     /// Appends an operation. Times never go backwards.
     pub fn record(&self, at: Timestamp, kind: OpKind) {
-        let mut ops = self.ops.borrow_mut();
-        if let Some(last) = ops.last() {
-            assert!(
-                at >= last.at,
-                "history time went backwards: {at} after {}",
-                last.at
-            );
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        if let Some(last) = inner.last_at {
+            assert!(at >= last, "history time went backwards: {at} after {last}");
         }
-        ops.push(Op { at, kind });
+        let op = Op { at, kind };
+        op.hash(&mut inner.digest);
+        inner.checker.observe(&op);
+        inner.last_at = Some(at);
+        inner.len += 1;
+        if let Some(ops) = &mut inner.ops {
+            ops.push(op);
+        }
+    }
+
+    /// Whether this history keeps its ops ([`History::new`]).
+    pub fn keeps_ops(&self) -> bool {
+        self.inner.borrow().ops.is_some()
     }
 
     /// All operations so far.
+    ///
+    /// # Panics
+    /// If the history was made with [`History::streaming`], which keeps none.
     pub fn ops(&self) -> Ref<'_, Vec<Op>> {
-        self.ops.borrow()
+        Ref::map(self.inner.borrow(), |i| {
+            i.ops
+                .as_ref()
+                .expect("a streaming history keeps no ops; build the world with History::new")
+        })
+    }
+
+    /// The checker's analysis of everything recorded so far.
+    pub fn analysis(&self) -> Analysis {
+        self.inner.borrow().checker.analysis()
+    }
+
+    /// The CDF of delivery latencies recorded so far (see [`Checker::delivery_cdf`]).
+    pub fn delivery_cdf(&self) -> Vec<(f64, f64)> {
+        self.inner.borrow().checker.delivery_cdf()
+    }
+
+    /// Events the checker still tracks (bounded by the TTL on a long run).
+    pub fn tracked_events(&self) -> usize {
+        self.inner.borrow().checker.tracked()
     }
 
     /// Number of operations.
     pub fn len(&self) -> usize {
-        self.ops.borrow().len()
+        self.inner.borrow().len
     }
 
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
-        self.ops.borrow().is_empty()
+        self.len() == 0
     }
 
     /// A 64-bit FNV-1a fingerprint of every operation in order.
     pub fn digest(&self) -> u64 {
-        let mut h = fnv::FnvHasher::default();
-        for op in self.ops.borrow().iter() {
-            op.hash(&mut h);
-        }
-        h.finish()
+        self.inner.borrow().digest.finish()
     }
 }

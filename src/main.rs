@@ -283,8 +283,8 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             } else {
                 base
             };
-            let (report, sim) =
-                run_world(&sc, spec.relay(&sc), Seed(seed)).map_err(|e| e.to_string())?;
+            // Checked as it runs, keeping no ops: memory stays bounded however long the run.
+            let report = run(&sc, spec.relay(&sc), Seed(seed)).map_err(|e| e.to_string())?;
             if json {
                 let mut v = report_json(&report);
                 v["replay"] = replay.into();
@@ -296,9 +296,18 @@ fn execute(command: Command) -> Result<ExitCode, String> {
                 println!("replay: {replay}");
                 print_verdict(&sc, &report);
                 if let Some(first) = report.first_failure() {
+                    // Replay the same seed keeping every op, to show the ones around it.
+                    let (again, sim) =
+                        run_world(&sc, spec.relay(&sc), Seed(seed)).map_err(|e| e.to_string())?;
+                    if again.digest != report.digest {
+                        return Err(format!(
+                            "the replay of seed {seed} diverged (digest {} then {}): the run is not deterministic",
+                            report.digest, again.digest
+                        ));
+                    }
                     let history = sim.history();
                     let ops = history.ops();
-                    println!("ops around it:");
+                    println!("ops around it (replayed, digest {}):", again.digest);
                     for op in first.context(&ops, 15) {
                         println!("  {} {:?}", op.at, op.kind);
                     }

@@ -181,6 +181,7 @@ impl SimConfig {
 #[derive(Clone, Debug, Default)]
 pub struct SimBuilder {
     config: SimConfig,
+    streaming_history: bool,
 }
 
 impl SimBuilder {
@@ -191,7 +192,10 @@ impl SimBuilder {
 
     /// A builder starting from `config`.
     pub fn from_config(config: SimConfig) -> Self {
-        SimBuilder { config }
+        SimBuilder {
+            config,
+            streaming_history: false,
+        }
     }
 
     /// The configuration so far, for settings without a dedicated setter.
@@ -255,6 +259,13 @@ impl SimBuilder {
         self
     }
 
+    /// Keep no ops in the history, only its digest and the streaming checker's state
+    /// ([`History::streaming`]): what a long run needs to stay within bounded memory.
+    pub fn streaming_history(mut self, streaming: bool) -> Self {
+        self.streaming_history = streaming;
+        self
+    }
+
     /// Step budget.
     pub fn step_budget(mut self, steps: u64) -> Self {
         self.config.step_budget = steps;
@@ -270,7 +281,11 @@ impl SimBuilder {
         } else {
             self.config.step_budget
         };
-        let history = History::new();
+        let history = if self.streaming_history {
+            History::streaming()
+        } else {
+            History::new()
+        };
         let first_generation = SIM_EPOCH - FIRST_GENERATION_AGE;
         let cluster = SimCluster::new(
             self.config.cluster.clone(),

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::Scenario;
 use super::tripwire::Tripwire;
 use super::workload::drive;
-use crate::check::{Analysis, analyze};
+use crate::check::Analysis;
 use crate::history::OpKind;
 use crate::model::Timestamp;
 use crate::ports::Clock;
@@ -95,17 +95,33 @@ fn secs(s: f64) -> Duration {
 }
 
 /// Plays `scenario` against `relay` with `seed`: the write phase with its faults, then the drain.
+///
+/// The history is checked as it is recorded and not kept ([`History::streaming`]), so memory
+/// stays bounded by the TTL however long the scenario; [`run_world`] keeps it.
+///
+/// [`History::streaming`]: crate::history::History::streaming
 pub fn run(scenario: &Scenario, relay: Rc<dyn Relay>, seed: Seed) -> Result<RunReport, RunError> {
-    run_world(scenario, relay, seed).map(|(report, _)| report)
+    play(scenario, relay, seed, true).map(|(report, _)| report)
 }
 
-/// Like [`run`], and hands back the finished world (cluster, broker, history) for inspection.
+/// Like [`run`], keeping every op of the history, and hands back the finished world (cluster,
+/// broker, history) for inspection. Same seed, same digest and report as [`run`].
 pub fn run_world(
     scenario: &Scenario,
     relay: Rc<dyn Relay>,
     seed: Seed,
 ) -> Result<(RunReport, Sim), RunError> {
+    play(scenario, relay, seed, false)
+}
+
+fn play(
+    scenario: &Scenario,
+    relay: Rc<dyn Relay>,
+    seed: Seed,
+    streaming_history: bool,
+) -> Result<(RunReport, Sim), RunError> {
     let mut sim = SimBuilder::from_config(scenario.sim_config())
+        .streaming_history(streaming_history)
         .build(seed)
         .map_err(RunError::Config)?;
     let clock = sim.clock_port();
@@ -157,9 +173,8 @@ pub fn run_world(
         .filter(|(c, _, _)| *c == Client::Relay)
         .map(|(_, k, c)| (k, c.queries))
         .collect();
-    let analysis = analyze(&history.ops());
-    let latency_cdf =
-        crate::check::latency_cdf(crate::check::delivery_latencies_us(&history.ops()));
+    let analysis = history.analysis();
+    let latency_cdf = history.delivery_cdf();
     let report = RunReport {
         relay: relay.name(),
         scenario: scenario.name.clone(),

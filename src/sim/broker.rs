@@ -158,6 +158,8 @@ struct Sequence {
 struct BrokerState {
     config: BrokerConfig,
     partitions: Vec<Vec<Record>>,
+    /// Per partition, the latest acknowledgement time handed out.
+    last_ack: Vec<Timestamp>,
     /// Idempotence state per (producer id, partition).
     sequences: BTreeMap<(u64, u32), Sequence>,
     next_producer_id: u64,
@@ -181,10 +183,12 @@ impl SimBroker {
     /// A broker with one topic. `config` must have been validated.
     pub fn new(config: BrokerConfig, rng: SimRng) -> Self {
         let partitions = (0..config.partitions).map(|_| Vec::new()).collect();
+        let partition_count = config.partitions as usize;
         SimBroker {
             state: Rc::new(RefCell::new(BrokerState {
                 config,
                 partitions,
+                last_ack: vec![Timestamp::MIN; partition_count],
                 sequences: BTreeMap::new(),
                 next_producer_id: 1,
                 faults: BrokerFaults::default(),
@@ -263,6 +267,15 @@ impl SimBroker {
     /// Whether the topic is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// When an append to `partition` ready at `ready` is acknowledged: a partition's leader
+    /// answers produce requests in order, so never before an earlier append's acknowledgement.
+    fn ack_time(&self, partition: u32, ready: Timestamp) -> Timestamp {
+        let mut s = self.state.borrow_mut();
+        let last = &mut s.last_ack[partition as usize];
+        *last = (*last).max(ready);
+        *last
     }
 
     fn attempt(
@@ -388,7 +401,10 @@ impl SimProducer {
             match attempt {
                 Attempt::Appended(d) => {
                     let slow = self.broker.faults().slow_ack_ms;
-                    self.clock.sleep(ms(cfg.ack_latency_ms) + ms(slow)).await;
+                    let ack_at = self
+                        .broker
+                        .ack_time(d.partition, now + ms(cfg.ack_latency_ms) + ms(slow));
+                    self.clock.sleep(ack_at.saturating_since(now)).await;
                     self.history.record(
                         self.clock.now(),
                         OpKind::Published {
