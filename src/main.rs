@@ -241,11 +241,12 @@ fn execute(command: Command) -> Result<ExitCode, String> {
                 print!("{}", compare_table(&sc.name, seed, &reports));
                 let sim_s: f64 = reports.iter().map(|r| r.sim_s).sum();
                 println!(
-                    "{} presets × {:.0} simulated s in {:.2} s wall ({:.0}× time compression); replay: outbox-sim compare --seed {seed}{}",
+                    "{} presets × {:.0} simulated s in {:.2} s wall ({:.0}× time compression), peak memory {}; replay: outbox-sim compare --seed {seed}{}",
                     reports.len(),
                     sim_s / reports.len() as f64,
                     wall.as_secs_f64(),
                     sim_s / wall.as_secs_f64().max(1e-9),
+                    peak_memory(),
                     scenario
                         .map(|p| format!(" --scenario {}", p.display()))
                         .unwrap_or_default(),
@@ -284,7 +285,9 @@ fn execute(command: Command) -> Result<ExitCode, String> {
                 base
             };
             // Checked as it runs, keeping no ops: memory stays bounded however long the run.
+            let started = Instant::now();
             let report = run(&sc, spec.relay(&sc), Seed(seed)).map_err(|e| e.to_string())?;
+            let wall = started.elapsed().as_secs_f64();
             if json {
                 let mut v = report_json(&report);
                 v["replay"] = replay.into();
@@ -295,6 +298,13 @@ fn execute(command: Command) -> Result<ExitCode, String> {
             } else {
                 println!("replay: {replay}");
                 print_verdict(&sc, &report);
+                println!(
+                    "{:.0} simulated s in {wall:.2} s wall ({:.0}× time compression), {} history ops checked as they came, peak memory {}",
+                    report.sim_s,
+                    report.sim_s / wall.max(1e-9),
+                    report.history_ops,
+                    peak_memory(),
+                );
                 if let Some(first) = report.first_failure() {
                     // Replay the same seed keeping every op, to show the ones around it.
                     let (again, sim) =
@@ -654,6 +664,18 @@ fn replay_line(spec: RelaySpec, seed: u64, scenario: &Option<PathBuf>, swarm: bo
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// This process's peak resident memory (Linux `VmHWM`), or why it is unknown.
+fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.0} MB (VmHWM)", kb / 1024.0))
+        })
+        .unwrap_or_else(|| "unknown (no /proc/self/status)".to_string())
 }
 
 fn print_verdict(scenario: &Scenario, r: &RunReport) {

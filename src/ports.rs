@@ -96,8 +96,11 @@ pub struct Committed {
     /// When the write becomes readable, if the world knows (the simulation does; a live cluster
     /// does not say).
     pub visible_at: Option<Timestamp>,
-    /// When its rows expire, if the world knows.
+    /// When its outbox and CDC log rows expire, if the world knows.
     pub expires_at: Option<Timestamp>,
+    /// When the order's row expires unless written again (`Timestamp::MAX`: never), if the
+    /// world knows.
+    pub order_expires_at: Option<Timestamp>,
 }
 
 /// Where a polling scan starts.

@@ -99,6 +99,7 @@ impl SimConfig {
             ("cluster.past_write_limit_ms", c.past_write_limit_ms),
             ("cluster.generation_delay_ms", c.generation_delay_ms),
             ("cluster.outbox_ttl_s", c.outbox_ttl_s),
+            ("cluster.orders_ttl_s", c.orders_ttl_s),
             ("cluster.write_latency_ms", c.write_latency_ms),
             ("cluster.read_latency_ms", c.read_latency_ms),
             ("cluster.read_timeout_ms", c.read_timeout_ms),
@@ -113,6 +114,12 @@ impl SimConfig {
             return fail(
                 "cluster.client_timestamp_resolution_us",
                 format!("must be positive, got {}", c.client_timestamp_resolution_us),
+            );
+        }
+        if self.broker.retention_ms <= 0 {
+            return fail(
+                "broker.retention_ms",
+                format!("must be positive, got {}", self.broker.retention_ms),
             );
         }
         if c.cdc_ttl_s <= 0 {

@@ -8,7 +8,8 @@
 //! `OrderCreated → OrderPaid → OrderShipped`, or `OrderCancelled` after created or paid.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -99,6 +100,8 @@ pub struct OrderWriter {
     history: History,
     rng: RefCell<SimRng>,
     orders: RefCell<BTreeMap<AggregateId, Progress>>,
+    /// Finished orders by the time their `orders` row expires, when the writer forgets them.
+    finished: RefCell<BinaryHeap<Reverse<(Timestamp, AggregateId)>>>,
     config: WriterConfig,
     late_writes: Cell<Option<(f64, Duration)>>,
 }
@@ -109,6 +112,11 @@ impl fmt::Debug for OrderWriter {
             .field("orders", &self.orders.borrow().len())
             .finish()
     }
+}
+
+/// Whether an order's lifecycle ends with this event.
+fn is_final(event: EventType) -> bool {
+    matches!(event, EventType::OrderShipped | EventType::OrderCancelled)
 }
 
 fn allowed(last: Option<EventType>, next: EventType) -> bool {
@@ -136,6 +144,7 @@ impl OrderWriter {
             history,
             rng: RefCell::new(rng),
             orders: RefCell::new(BTreeMap::new()),
+            finished: RefCell::new(BinaryHeap::new()),
             config,
             late_writes: Cell::new(None),
         }
@@ -162,6 +171,7 @@ impl OrderWriter {
         event_type: EventType,
         timestamp: Option<Timestamp>,
     ) -> Result<OutboxEvent, WriteFailure> {
+        self.forget_expired();
         let seq = {
             let mut orders = self.orders.borrow_mut();
             let p = orders.entry(order).or_insert(Progress {
@@ -248,6 +258,13 @@ impl OrderWriter {
             Ok(committed) => {
                 p.last_seq = seq;
                 p.last = Some(event_type);
+                if let (true, Some(expires_at)) = (is_final(event_type), committed.order_expires_at)
+                    && expires_at != Timestamp::MAX
+                {
+                    self.finished
+                        .borrow_mut()
+                        .push(Reverse((expires_at, order)));
+                }
                 let e = committed.event;
                 self.history.record(
                     now,
@@ -283,7 +300,27 @@ impl OrderWriter {
         self.late_writes.set(late);
     }
 
-    /// Orders this writer has touched.
+    /// Forgets finished orders whose `orders` row has expired (`cluster.orders_ttl_s`): the
+    /// table no longer holds them either, so the writer's memory is bounded by the TTL, not by
+    /// the run's length.
+    fn forget_expired(&self) {
+        let now = self.clock.now();
+        let mut finished = self.finished.borrow_mut();
+        let mut orders = self.orders.borrow_mut();
+        while let Some(Reverse((at, order))) = finished.peek().copied()
+            && at <= now
+        {
+            finished.pop();
+            if orders
+                .get(&order)
+                .is_some_and(|p| !p.busy && p.last.is_some_and(is_final))
+            {
+                orders.remove(&order);
+            }
+        }
+    }
+
+    /// Orders this writer holds (touched, and not finished with expired rows).
     pub fn order_count(&self) -> usize {
         self.orders.borrow().len()
     }
@@ -304,6 +341,41 @@ mod tests {
             sim.rng("writer"),
             WriterConfig::default(),
         ))
+    }
+
+    /// A finished order is forgotten once its `orders` row expired (the table no longer holds
+    /// it); an unfinished one, or one whose row lives on, is kept.
+    #[test]
+    fn finished_orders_are_forgotten_when_their_row_expires() {
+        for (orders_ttl_s, kept) in [(0, 3), (5, 2)] {
+            let mut b = SimBuilder::new();
+            b.config_mut().cluster.orders_ttl_s = orders_ttl_s;
+            let mut sim = b.build(Seed(1)).unwrap();
+            let w = setup(&sim);
+            let clock = sim.clock_port();
+            let t = sim.spawn("writer", async move {
+                let shipped = w.new_order();
+                for e in [
+                    EventType::OrderCreated,
+                    EventType::OrderPaid,
+                    EventType::OrderShipped,
+                ] {
+                    w.write(shipped, e).await.unwrap();
+                }
+                let open = w.new_order();
+                w.write(open, EventType::OrderCreated).await.unwrap();
+                clock.sleep(Duration::from_secs(6)).await;
+                w.write(w.new_order(), EventType::OrderCreated)
+                    .await
+                    .unwrap();
+                w.order_count()
+            });
+            assert_eq!(
+                sim.block_on(t).unwrap(),
+                kept,
+                "orders_ttl_s {orders_ttl_s}"
+            );
+        }
     }
 
     #[test]

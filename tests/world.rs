@@ -386,3 +386,58 @@ fn bad_configuration_names_the_field() {
         assert!(err.to_string().starts_with(field));
     }
 }
+
+/// A long run holds only what its TTLs keep: the cluster purges expired `orders`, outbox and
+/// log rows, the broker deletes records past `retention.ms`, the writer forgets finished orders
+/// whose row expired, and the streaming checker forgets settled events. Without each of these
+/// the corresponding count would be the run's total.
+#[test]
+fn a_long_run_holds_only_what_its_ttls_keep() {
+    use outbox_sim::relay::Preset;
+    use outbox_sim::scenario::{Faults, Scenario, run_world};
+    let mut sc = Scenario::default_scenario();
+    sc.name = "bounded".into();
+    sc.duration_s = 1_500.0;
+    sc.drain_s = 30.0;
+    sc.faults = Faults::default();
+    sc.workload.bursts.clear();
+    sc.workload.orders_per_s = 40.0;
+    sc.cluster.cdc_ttl_s = 30;
+    sc.cluster.outbox_ttl_s = 30;
+    sc.cluster.orders_ttl_s = 30;
+    sc.broker.retention_ms = 30_000;
+    let relay = Rc::new(Preset::PollSafe.relay(sc.visibility_bound(), sc.cdc_ttl()));
+    let (report, sim) = run_world(&sc, relay, Seed(3)).unwrap();
+    assert!(!report.failed(), "{:?}", report.first_failure());
+    let committed = report.committed as usize;
+    assert!(committed > 100_000, "{committed}");
+    let cluster = sim.cluster();
+    let (orders, log_rows) = {
+        let s = cluster.state();
+        (s.tables.orders.len(), s.log.len())
+    };
+    // 30 s of a ~1,500 s run, plus purge lag (every 4,096 writes) and orders mid-lifecycle.
+    assert!(
+        orders < committed / 20,
+        "orders rows {orders} of {committed}"
+    );
+    assert!(
+        log_rows < committed / 20,
+        "log rows {log_rows} of {committed}"
+    );
+    let records = sim.broker().len();
+    assert!(
+        records < committed / 20,
+        "topic records {records} of {committed}"
+    );
+    // The checker holds events until 5 minutes past their rows' expiry.
+    let tracked = sim.history().tracked_events();
+    assert!(
+        tracked < committed / 3,
+        "checker tracks {tracked} of {committed}"
+    );
+    assert!(
+        tracked > 0,
+        "the last events are still within their settling time"
+    );
+}

@@ -513,6 +513,7 @@ impl OutboxStore for ScyllaStore {
                 event,
                 visible_at: None,
                 expires_at: None,
+                order_expires_at: None,
             })
         })
     }

@@ -9,7 +9,7 @@
 //! relay that re-sends after a restart appends again: the duplicate a crash explains.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use rand::Rng;
@@ -78,6 +78,9 @@ pub struct BrokerConfig {
     pub retry_backoff_ms: i64,
     /// `enable.idempotence`.
     pub idempotent: bool,
+    /// The topic's `retention.ms`: records appended longer ago are deleted (their offsets
+    /// stay used).
+    pub retention_ms: i64,
 }
 
 /// Default topic partitions.
@@ -88,6 +91,8 @@ pub const DEFAULT_ACK_LATENCY_MS: i64 = 2;
 pub const DEFAULT_DELIVERY_TIMEOUT_MS: i64 = 300_000;
 /// librdkafka's default `retry.backoff.ms`.
 pub const DEFAULT_RETRY_BACKOFF_MS: i64 = 100;
+/// Kafka's default topic `retention.ms` (7 days).
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -97,6 +102,7 @@ impl Default for BrokerConfig {
             delivery_timeout_ms: DEFAULT_DELIVERY_TIMEOUT_MS,
             retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
             idempotent: true,
+            retention_ms: DEFAULT_RETENTION_MS,
         }
     }
 }
@@ -150,14 +156,19 @@ impl Record {
 #[derive(Debug, Default)]
 struct Sequence {
     next: u64,
-    appended: BTreeMap<u64, u64>,
+    /// Sequence number → (offset, append time); forgotten once older than the delivery
+    /// timeout, after which the producer has given up on retrying it.
+    appended: BTreeMap<u64, (u64, Timestamp)>,
     abandoned: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Debug)]
 struct BrokerState {
     config: BrokerConfig,
-    partitions: Vec<Vec<Record>>,
+    /// Per partition, the retained records (the first one's offset is the log start).
+    partitions: Vec<VecDeque<Record>>,
+    /// Per partition, the next offset.
+    next_offset: Vec<u64>,
     /// Per partition, the latest acknowledgement time handed out.
     last_ack: Vec<Timestamp>,
     /// Idempotence state per (producer id, partition).
@@ -182,13 +193,14 @@ enum Attempt {
 impl SimBroker {
     /// A broker with one topic. `config` must have been validated.
     pub fn new(config: BrokerConfig, rng: SimRng) -> Self {
-        let partitions = (0..config.partitions).map(|_| Vec::new()).collect();
+        let partitions = (0..config.partitions).map(|_| VecDeque::new()).collect();
         let partition_count = config.partitions as usize;
         SimBroker {
             state: Rc::new(RefCell::new(BrokerState {
                 config,
                 partitions,
                 last_ack: vec![Timestamp::MIN; partition_count],
+                next_offset: vec![0; partition_count],
                 sequences: BTreeMap::new(),
                 next_producer_id: 1,
                 faults: BrokerFaults::default(),
@@ -254,14 +266,22 @@ impl SimBroker {
         sq.abandoned.insert(seq);
     }
 
-    /// A copy of one partition's records.
+    /// A copy of one partition's retained records (see [`BrokerConfig::retention_ms`]).
     pub fn partition(&self, p: u32) -> Vec<Record> {
-        self.state.borrow().partitions[p as usize].clone()
+        self.state.borrow().partitions[p as usize]
+            .iter()
+            .cloned()
+            .collect()
     }
 
-    /// Records in every partition.
+    /// Records retained in every partition.
     pub fn len(&self) -> usize {
-        self.state.borrow().partitions.iter().map(Vec::len).sum()
+        self.state
+            .borrow()
+            .partitions
+            .iter()
+            .map(VecDeque::len)
+            .sum()
     }
 
     /// Whether the topic is empty.
@@ -312,7 +332,7 @@ impl SimBroker {
                     next: 1,
                     ..Default::default()
                 });
-            if let Some(&offset) = sq.appended.get(&seq) {
+            if let Some(&(offset, _)) = sq.appended.get(&seq) {
                 // A retry of a batch this session already appended: acknowledged, not appended.
                 let d = Delivery { partition, offset };
                 return (
@@ -334,8 +354,13 @@ impl SimBroker {
             }
         }
         let part = &mut s.partitions[partition as usize];
-        let offset = part.len() as u64;
-        part.push(Record {
+        let offset = s.next_offset[partition as usize];
+        s.next_offset[partition as usize] += 1;
+        let retained_from = now - ms(s.config.retention_ms);
+        while part.front().is_some_and(|r| r.append_time < retained_from) {
+            part.pop_front();
+        }
+        part.push_back(Record {
             offset,
             value: event.clone(),
             append_time: now,
@@ -343,7 +368,13 @@ impl SimBroker {
         });
         if let Some(sq) = s.sequences.get_mut(&(producer_id, partition)) {
             sq.next = sq.next.max(seq + 1);
-            sq.appended.insert(seq, offset);
+            sq.appended.insert(seq, (offset, now));
+            let given_up = now - ms(s.config.delivery_timeout_ms);
+            while let Some(e) = sq.appended.first_entry()
+                && e.get().1 < given_up
+            {
+                e.remove();
+            }
         }
         let d = Delivery { partition, offset };
         (
@@ -472,6 +503,40 @@ impl Publisher for SimProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records older than `retention.ms` are deleted on the next append to their partition;
+    /// offsets keep counting from where they were.
+    #[test]
+    fn retention_deletes_old_records_and_offsets_go_on() {
+        use crate::sim::SimBuilder;
+        let mut b = SimBuilder::new().partitions(1);
+        b.config_mut().broker.retention_ms = 1_000;
+        let mut sim = b.build(crate::seed::Seed(2)).unwrap();
+        let broker = sim.broker();
+        let producer = broker.producer(sim.clock_port(), sim.history(), 1);
+        let clock = sim.clock_port();
+        let event = |n: u8| OutboxEvent {
+            id: crate::model::EventId(uuid::Uuid::from_bytes([n; 16])),
+            aggregate_type: "Order".into(),
+            aggregate_id: AggregateId(uuid::Uuid::from_bytes([1; 16])),
+            seq: u64::from(n),
+            event_type: crate::model::EventType::OrderCreated,
+            payload: "{}".into(),
+            created_at: Timestamp::MIN,
+        };
+        let t = sim.spawn("p", async move {
+            let mut offsets = Vec::new();
+            for n in 1..=3 {
+                offsets.push(producer.publish(&event(n)).await.unwrap().offset);
+            }
+            clock.sleep(std::time::Duration::from_secs(2)).await;
+            offsets.push(producer.publish(&event(4)).await.unwrap().offset);
+            offsets
+        });
+        assert_eq!(sim.block_on(t).unwrap(), vec![0, 1, 2, 3]);
+        let kept: Vec<u64> = broker.partition(0).iter().map(|r| r.offset).collect();
+        assert_eq!(kept, vec![3]);
+    }
 
     /// Vectors from Apache Kafka's `UtilsTest.testMurmur2` (clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java),
     /// the Java client's own test of the partitioner hash.

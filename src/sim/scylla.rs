@@ -79,6 +79,9 @@ pub struct ClusterConfig {
     pub cdc_ttl_s: i64,
     /// TTL of outbox rows (0 = none).
     pub outbox_ttl_s: i64,
+    /// TTL of `orders` rows, renewed by every write of the order (0 = none, the default: orders
+    /// are the business's data). A long simulation sets it to keep the table bounded.
+    pub orders_ttl_s: i64,
     /// Time from a write request to its acknowledgement.
     pub write_latency_ms: i64,
     /// Time of one read request.
@@ -143,6 +146,7 @@ impl Default for ClusterConfig {
             generation_delay_ms: DEFAULT_GENERATION_DELAY_MS,
             cdc_ttl_s: DEFAULT_CDC_TTL_S,
             outbox_ttl_s: DEFAULT_OUTBOX_TTL_S,
+            orders_ttl_s: 0,
             write_latency_ms: DEFAULT_WRITE_LATENCY_MS,
             read_latency_ms: DEFAULT_READ_LATENCY_MS,
             read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
@@ -524,7 +528,11 @@ impl ClusterState {
             0 => Timestamp::MAX,
             s => now + Duration::from_secs(s as u64),
         };
-        self.tables.orders.insert(order.id, order);
+        let order_expiry = match self.config.orders_ttl_s {
+            0 => None,
+            s => Some(now + Duration::from_secs(s as u64)),
+        };
+        self.tables.insert_order(order, order_expiry);
         self.tables
             .insert_outbox(event.clone(), visible_at, outbox_expiry);
         let log_expiry = now + Duration::from_secs(self.config.cdc_ttl_s as u64);
@@ -540,6 +548,7 @@ impl ClusterState {
             event,
             visible_at: Some(visible_at),
             expires_at: Some(log_expiry.min(outbox_expiry)),
+            order_expires_at: Some(order_expiry.unwrap_or(Timestamp::MAX)),
         })
     }
 }

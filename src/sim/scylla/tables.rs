@@ -147,10 +147,28 @@ impl CdcLog {
 pub struct BaseTables {
     /// `orders`, by order id.
     pub orders: BTreeMap<AggregateId, Order>,
+    /// Orders rows with a TTL, by expiry (an entry is stale if the order was written again).
+    order_expiry: BTreeMap<(Timestamp, AggregateId), ()>,
+    /// Each such order's current expiry.
+    order_ttl_end: BTreeMap<AggregateId, Timestamp>,
     outbox: BTreeMap<(Timestamp, EventId), Stored<OutboxEvent>>,
 }
 
 impl BaseTables {
+    /// Upserts an `orders` row; `expires_at` is its TTL's end, if it has one.
+    pub fn insert_order(&mut self, order: Order, expires_at: Option<Timestamp>) {
+        match expires_at {
+            Some(at) => {
+                self.order_expiry.insert((at, order.id), ());
+                self.order_ttl_end.insert(order.id, at);
+            }
+            None => {
+                self.order_ttl_end.remove(&order.id);
+            }
+        }
+        self.orders.insert(order.id, order);
+    }
+
     /// Inserts an outbox row.
     pub fn insert_outbox(
         &mut self,
@@ -202,6 +220,18 @@ impl BaseTables {
                 break;
             }
             entry.remove();
+        }
+        while let Some(entry) = self.order_expiry.first_entry() {
+            let (at, id) = *entry.key();
+            if at > now {
+                break;
+            }
+            entry.remove();
+            // Unless written again since (its newer entry decides).
+            if self.order_ttl_end.get(&id) == Some(&at) {
+                self.order_ttl_end.remove(&id);
+                self.orders.remove(&id);
+            }
         }
     }
 }
