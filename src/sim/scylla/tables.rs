@@ -243,8 +243,8 @@ pub struct CheckpointTable {
     pub cursor: Option<Cursor>,
     /// The stream reader's generation row (`stream_id = 0x00`).
     pub generation: Option<Timestamp>,
-    /// Per-stream progress.
-    pub streams: BTreeMap<StreamId, Timestamp>,
+    /// Per-stream progress (point lookups only, so a hash map keeps runs deterministic).
+    pub streams: fnv::FnvHashMap<StreamId, Timestamp>,
 }
 
 #[cfg(test)]
