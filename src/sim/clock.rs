@@ -19,18 +19,66 @@ use crate::model::Timestamp;
 use crate::ports::{Clock, LocalFuture};
 
 struct Timer {
+    /// Registration number: orders timers that share a deadline, and tells a slot's current
+    /// timer from an earlier one whose queue entry is still in the heap.
+    id: u64,
     deadline: Timestamp,
     waker: Waker,
     label: Rc<str>,
 }
 
+/// Where an armed timer lives: its slot and registration number.
+type TimerRef = (u32, u64);
+
 struct State {
     now: Timestamp,
     next_id: u64,
-    queue: BinaryHeap<Reverse<(Timestamp, u64)>>,
-    // Point lookups only (`armed_timers` sorts), so a hash map keeps runs deterministic.
-    armed: fnv::FnvHashMap<u64, Timer>,
+    /// (deadline, registration number, slot); entries of cancelled timers are skipped.
+    queue: BinaryHeap<Reverse<(Timestamp, u64, u32)>>,
+    /// Armed timers in reusable slots (no hashing on the hot path).
+    slots: Vec<Option<Timer>>,
+    free: Vec<u32>,
+    armed: usize,
     current_label: Rc<str>,
+}
+
+impl State {
+    /// The timer `r` if it is still armed.
+    fn get_mut(&mut self, (slot, id): TimerRef) -> Option<&mut Timer> {
+        self.slots[slot as usize].as_mut().filter(|t| t.id == id)
+    }
+
+    /// Disarms `r`, if it is still armed, and hands its timer back.
+    fn disarm(&mut self, r: TimerRef) -> Option<Timer> {
+        self.get_mut(r)?;
+        self.free.push(r.0);
+        self.armed -= 1;
+        self.slots[r.0 as usize].take()
+    }
+
+    fn arm(&mut self, deadline: Timestamp, waker: Waker) -> TimerRef {
+        let id = self.next_id;
+        self.next_id += 1;
+        let timer = Timer {
+            id,
+            deadline,
+            waker,
+            label: self.current_label.clone(),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(timer);
+                slot
+            }
+            None => {
+                self.slots.push(Some(timer));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.armed += 1;
+        self.queue.push(Reverse((deadline, id, slot)));
+        (slot, id)
+    }
 }
 
 /// Simulated time: a shared handle (clones see the same clock).
@@ -44,7 +92,7 @@ impl std::fmt::Debug for SimClock {
         let s = self.state.borrow();
         f.debug_struct("SimClock")
             .field("now", &s.now)
-            .field("armed", &s.armed.len())
+            .field("armed", &s.armed)
             .finish()
     }
 }
@@ -57,7 +105,9 @@ impl SimClock {
                 now: start,
                 next_id: 0,
                 queue: BinaryHeap::new(),
-                armed: fnv::FnvHashMap::default(),
+                slots: Vec::new(),
+                free: Vec::new(),
+                armed: 0,
                 current_label: Rc::from("main"),
             })),
         }
@@ -80,8 +130,8 @@ impl SimClock {
     /// Deadline of the earliest armed timer.
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let mut s = self.state.borrow_mut();
-        while let Some(Reverse((deadline, id))) = s.queue.peek().copied() {
-            if s.armed.contains_key(&id) {
+        while let Some(Reverse((deadline, id, slot))) = s.queue.peek().copied() {
+            if s.get_mut((slot, id)).is_some() {
                 return Some(deadline);
             }
             s.queue.pop(); // cancelled: its Sleep was dropped
@@ -102,12 +152,12 @@ impl SimClock {
             let mut s = self.state.borrow_mut();
             assert!(next >= s.now, "timer deadline {next} before now {}", s.now);
             s.now = next;
-            while let Some(Reverse((deadline, id))) = s.queue.peek().copied() {
+            while let Some(Reverse((deadline, id, slot))) = s.queue.peek().copied() {
                 if deadline > next {
                     break;
                 }
                 s.queue.pop();
-                if let Some(t) = s.armed.remove(&id) {
+                if let Some(t) = s.disarm((slot, id)) {
                     due.push(t.waker);
                 }
             }
@@ -133,8 +183,9 @@ impl SimClock {
     pub fn armed_timers(&self) -> Vec<(Timestamp, String)> {
         let s = self.state.borrow();
         let mut v: Vec<_> = s
-            .armed
-            .values()
+            .slots
+            .iter()
+            .flatten()
             .map(|t| (t.deadline, t.label.to_string()))
             .collect();
         v.sort();
@@ -163,7 +214,7 @@ impl Clock for SimClock {
 pub struct Sleep {
     clock: SimClock,
     deadline: Timestamp,
-    id: Option<u64>,
+    id: Option<TimerRef>,
 }
 
 impl Future for Sleep {
@@ -173,32 +224,18 @@ impl Future for Sleep {
         let this = &mut *self;
         let mut s = this.clock.state.borrow_mut();
         if s.now >= this.deadline {
-            if let Some(id) = this.id.take() {
-                s.armed.remove(&id);
+            if let Some(r) = this.id.take() {
+                s.disarm(r);
             }
             return Poll::Ready(());
         }
         match this.id {
-            Some(id) => {
-                if let Some(t) = s.armed.get_mut(&id) {
+            Some(r) => {
+                if let Some(t) = s.get_mut(r) {
                     t.waker.clone_from(cx.waker());
                 }
             }
-            None => {
-                let id = s.next_id;
-                s.next_id += 1;
-                let label = s.current_label.clone();
-                s.armed.insert(
-                    id,
-                    Timer {
-                        deadline: this.deadline,
-                        waker: cx.waker().clone(),
-                        label,
-                    },
-                );
-                s.queue.push(Reverse((this.deadline, id)));
-                this.id = Some(id);
-            }
+            None => this.id = Some(s.arm(this.deadline, cx.waker().clone())),
         }
         Poll::Pending
     }
@@ -206,10 +243,10 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some(id) = self.id
+        if let Some(r) = self.id
             && let Ok(mut s) = self.clock.state.try_borrow_mut()
         {
-            s.armed.remove(&id);
+            s.disarm(r);
         }
     }
 }
