@@ -30,8 +30,16 @@ impl<T> Stored<T> {
 pub struct CdcLog {
     // Looked up by id only (reads follow the query's stream list), so a hash map keeps runs
     // deterministic.
-    streams: fnv::FnvHashMap<StreamId, BTreeMap<(CdcTime, i32), Stored<LogRow>>>,
+    streams: fnv::FnvHashMap<StreamId, Partition>,
     rows: usize,
+}
+
+/// One stream's rows, with its newest key kept beside them: most reads of a caught-up reader
+/// start after it and need not descend the tree.
+#[derive(Debug, Default)]
+struct Partition {
+    last: Option<(CdcTime, i32)>,
+    rows: BTreeMap<(CdcTime, i32), Stored<LogRow>>,
 }
 
 impl CdcLog {
@@ -39,7 +47,8 @@ impl CdcLog {
     pub fn insert(&mut self, row: LogRow, visible_at: Timestamp, expires_at: Timestamp) {
         let key = (row.time, row.batch_seq_no);
         let part = self.streams.entry(row.stream_id).or_default();
-        let prev = part.insert(
+        part.last = part.last.max(Some(key));
+        let prev = part.rows.insert(
             key,
             Stored {
                 value: row,
@@ -101,15 +110,15 @@ impl CdcLog {
             };
             // Most windows of a caught-up reader start after a partition's last row: skip the
             // range descent.
-            let past_end = part.last_key_value().is_some_and(|(last, _)| match lo {
-                Bound::Included(k) => *last < k,
-                Bound::Excluded(k) => *last <= k,
+            let past_end = part.last.is_some_and(|last| match lo {
+                Bound::Included(k) => last < k,
+                Bound::Excluded(k) => last <= k,
                 Bound::Unbounded => false,
             });
             if past_end {
                 continue;
             }
-            for (key, stored) in part.range((lo, hi)) {
+            for (key, stored) in part.rows.range((lo, hi)) {
                 if !stored.readable(now) {
                     continue;
                 }
@@ -130,7 +139,7 @@ impl CdcLog {
     /// order; stragglers are filtered by reads until a later purge).
     pub fn purge(&mut self, now: Timestamp) {
         for part in self.streams.values_mut() {
-            while let Some(entry) = part.first_entry() {
+            while let Some(entry) = part.rows.first_entry() {
                 if entry.get().expires_at > now {
                     break;
                 }
@@ -138,7 +147,7 @@ impl CdcLog {
                 self.rows -= 1;
             }
         }
-        self.streams.retain(|_, p| !p.is_empty());
+        self.streams.retain(|_, p| !p.rows.is_empty());
     }
 }
 
