@@ -102,6 +102,8 @@ pub struct OrderWriter {
     orders: RefCell<BTreeMap<AggregateId, Progress>>,
     /// Finished orders by the time their `orders` row expires, when the writer forgets them.
     finished: RefCell<BinaryHeap<Reverse<(Timestamp, AggregateId)>>>,
+    /// `"Order"`, shared by every event.
+    aggregate_type: Arc<str>,
     config: WriterConfig,
     late_writes: Cell<Option<(f64, Duration)>>,
 }
@@ -112,6 +114,15 @@ impl fmt::Debug for OrderWriter {
             .field("orders", &self.orders.borrow().len())
             .finish()
     }
+}
+
+/// The event's JSON payload, keys in order, as one allocation.
+fn payload_json(order: AggregateId, event_type: EventType, seq: u64, amount_cents: u32) -> String {
+    format!(
+        r#"{{"amount_cents":{amount_cents},"event":"{}","order_id":"{}","seq":{seq}}}"#,
+        event_type.as_str(),
+        order.0
+    )
 }
 
 /// Whether an order's lifecycle ends with this event.
@@ -145,6 +156,7 @@ impl OrderWriter {
             rng: RefCell::new(rng),
             orders: RefCell::new(BTreeMap::new()),
             finished: RefCell::new(BinaryHeap::new()),
+            aggregate_type: Arc::from("Order"),
             config,
             late_writes: Cell::new(None),
         }
@@ -199,16 +211,10 @@ impl OrderWriter {
                 rng.random_range(100..100_000u32),
             )
         };
-        let payload = serde_json::json!({
-            "order_id": order.0.to_string(),
-            "event": event_type.as_str(),
-            "seq": seq,
-            "amount_cents": amount,
-        })
-        .to_string();
+        let payload = payload_json(order, event_type, seq, amount);
         let event = OutboxEvent {
             id,
-            aggregate_type: Arc::from("Order"),
+            aggregate_type: self.aggregate_type.clone(),
             aggregate_id: order,
             seq,
             event_type,
@@ -376,6 +382,21 @@ mod tests {
                 "orders_ttl_s {orders_ttl_s}"
             );
         }
+    }
+
+    #[test]
+    fn the_payload_is_the_json_serde_would_write() {
+        let order = AggregateId(uuid::Uuid::from_bytes([7; 16]));
+        let expected = serde_json::json!({
+            "order_id": order.0.to_string(),
+            "event": "OrderPaid",
+            "seq": 2,
+            "amount_cents": 4_200,
+        });
+        let text = payload_json(order, EventType::OrderPaid, 2, 4_200);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, expected);
+        assert_eq!(text, expected.to_string());
     }
 
     #[test]

@@ -415,7 +415,9 @@ impl SimProducer {
 
     async fn send(&self, event: &OutboxEvent) -> Result<Delivery, PublishError> {
         let cfg = self.broker.config();
-        let key = record_key(event.aggregate_id);
+        // The key's text, encoded on the stack (the record derives it again on demand).
+        let mut key = uuid::Uuid::encode_buffer();
+        let key = event.aggregate_id.0.hyphenated().encode_lower(&mut key);
         let partition = partition_for(key.as_bytes(), cfg.partitions);
         let seq = {
             let mut seqs = self.next_seq.borrow_mut();
