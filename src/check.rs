@@ -226,18 +226,18 @@ struct AggregateState {
 #[derive(Clone, Debug)]
 pub struct Checker {
     a: Analysis,
-    events: fnv::FnvHashMap<EventId, Tracked>,
+    events: rustc_hash::FxHashMap<EventId, Tracked>,
     orphans: BTreeMap<EventId, Orphan>,
     settle: BinaryHeap<Reverse<(Timestamp, EventId)>>,
-    aggregates: fnv::FnvHashMap<AggregateId, AggregateState>,
+    aggregates: rustc_hash::FxHashMap<AggregateId, AggregateState>,
     last_failure: BTreeMap<u32, Timestamp>,
     up_intervals: Vec<(Timestamp, Option<Timestamp>)>,
     restarts: Vec<Timestamp>,
     catch_up: Vec<std::time::Duration>,
     loaded_cursor: BTreeMap<u32, Timestamp>,
     // Point lookups only (and a retain), so hash maps keep the analysis deterministic.
-    loaded: fnv::FnvHashMap<(u32, CheckpointWhat), Timestamp>,
-    last_save: fnv::FnvHashMap<(u32, CheckpointWhat), Timestamp>,
+    loaded: rustc_hash::FxHashMap<(u32, CheckpointWhat), Timestamp>,
+    last_save: rustc_hash::FxHashMap<(u32, CheckpointWhat), Timestamp>,
     db_outages: Vec<(Timestamp, Option<Timestamp>)>,
     end: Timestamp,
     latency: Histogram<u64>,

@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -99,7 +99,8 @@ pub struct OrderWriter {
     clock: Rc<dyn Clock>,
     history: History,
     rng: RefCell<SimRng>,
-    orders: RefCell<BTreeMap<AggregateId, Progress>>,
+    // Point lookups only, so a hash map keeps runs deterministic.
+    orders: RefCell<rustc_hash::FxHashMap<AggregateId, Progress>>,
     /// Finished orders by the time their `orders` row expires, when the writer forgets them.
     finished: RefCell<BinaryHeap<Reverse<(Timestamp, AggregateId)>>>,
     /// `"Order"`, shared by every event.
@@ -154,7 +155,7 @@ impl OrderWriter {
             clock,
             history,
             rng: RefCell::new(rng),
-            orders: RefCell::new(BTreeMap::new()),
+            orders: RefCell::new(Default::default()),
             finished: RefCell::new(BinaryHeap::new()),
             aggregate_type: Arc::from("Order"),
             config,

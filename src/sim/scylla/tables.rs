@@ -30,7 +30,7 @@ impl<T> Stored<T> {
 pub struct CdcLog {
     // Looked up by id only (reads follow the query's stream list), so a hash map keeps runs
     // deterministic.
-    streams: fnv::FnvHashMap<StreamId, Partition>,
+    streams: rustc_hash::FxHashMap<StreamId, Partition>,
     rows: usize,
 }
 
@@ -151,15 +151,15 @@ impl CdcLog {
     }
 }
 
-/// `orders` and `outbox_messages`.
+/// `orders` (point lookups only, so a hash map keeps runs deterministic) and `outbox_messages`.
 #[derive(Debug, Default)]
 pub struct BaseTables {
     /// `orders`, by order id.
-    pub orders: BTreeMap<AggregateId, Order>,
+    pub orders: rustc_hash::FxHashMap<AggregateId, Order>,
     /// Orders rows with a TTL, by expiry (an entry is stale if the order was written again).
     order_expiry: BTreeMap<(Timestamp, AggregateId), ()>,
     /// Each such order's current expiry.
-    order_ttl_end: BTreeMap<AggregateId, Timestamp>,
+    order_ttl_end: rustc_hash::FxHashMap<AggregateId, Timestamp>,
     outbox: BTreeMap<(Timestamp, EventId), Stored<OutboxEvent>>,
 }
 
@@ -253,7 +253,7 @@ pub struct CheckpointTable {
     /// The stream reader's generation row (`stream_id = 0x00`).
     pub generation: Option<Timestamp>,
     /// Per-stream progress (point lookups only, so a hash map keeps runs deterministic).
-    pub streams: fnv::FnvHashMap<StreamId, Timestamp>,
+    pub streams: rustc_hash::FxHashMap<StreamId, Timestamp>,
 }
 
 #[cfg(test)]
