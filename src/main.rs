@@ -197,6 +197,13 @@ fn run_all(scenario: &Scenario, seed: Seed) -> Result<Vec<RunReport>, String> {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`outbox-sim presets | head`) instead of panicking in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Compare {
         scenario: None,

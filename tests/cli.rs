@@ -288,3 +288,23 @@ fn live_runs_the_real_pipeline_against_the_cql_front_and_mock_kafka() {
     assert_eq!(cols[3], "0", "0 lost: {row}");
     assert!(stdout.contains("relay_crashed=1"), "{stdout}");
 }
+
+/// A reader that goes away (`outbox-sim presets | head -0`) ends the command quietly, as other
+/// command-line tools do, instead of a panic in `println!`. The pipe is closed before the child
+/// has started, so its first write meets a closed pipe (if the write ever came first, the test
+/// would pass without proving anything; it cannot fail spuriously).
+#[test]
+#[cfg(unix)]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outbox-sim"))
+        .arg("presets")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("it ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
