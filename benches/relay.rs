@@ -10,6 +10,10 @@ use outbox_sim::relay::PRESETS;
 use outbox_sim::scenario::{Faults, Scenario, run};
 use outbox_sim::seed::Seed;
 
+/// The same allocator as the `outbox-sim` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let mut sc = Scenario::default_scenario();
     sc.duration_s = 60.0;

@@ -10,6 +10,10 @@ use outbox_sim::relay::Preset;
 use outbox_sim::scenario::{Faults, Scenario, run, run_world};
 use outbox_sim::seed::Seed;
 
+/// The same allocator as the `outbox-sim` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn scenario() -> Scenario {
     let mut s = Scenario::default_scenario();
     s.name = "throughput".into();
