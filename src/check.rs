@@ -175,7 +175,7 @@ pub fn analyze(ops: &[Op]) -> Analysis {
 pub const SETTLE_AFTER_EXPIRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// One committed event the checker still tracks.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Tracked {
     at: Timestamp,
     aggregate: AggregateId,
@@ -451,8 +451,7 @@ impl Checker {
         self.record_offset(event, aggregate, seq, partition, offset);
         match previous {
             None => {
-                if let Some(t) = self.events.get(&event) {
-                    let t = t.clone();
+                if let Some(t) = self.events.get(&event).copied() {
                     self.first_delivery(&t);
                 }
             }

@@ -5,7 +5,7 @@
 //! expires (TTL). Reads filter on both, so a row is invisible before its visibility time, visible
 //! after, and gone once expired; `purge` only frees memory and never changes what reads return.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use crate::cdc::{CdcTime, LogPage, LogRow, PageState, StreamId};
@@ -157,7 +157,7 @@ pub struct BaseTables {
     /// `orders`, by order id.
     pub orders: rustc_hash::FxHashMap<AggregateId, Order>,
     /// Orders rows with a TTL, by expiry (an entry is stale if the order was written again).
-    order_expiry: BTreeMap<(Timestamp, AggregateId), ()>,
+    order_expiry: BTreeSet<(Timestamp, AggregateId)>,
     /// Each such order's current expiry.
     order_ttl_end: rustc_hash::FxHashMap<AggregateId, Timestamp>,
     outbox: BTreeMap<(Timestamp, EventId), Stored<OutboxEvent>>,
@@ -168,7 +168,7 @@ impl BaseTables {
     pub fn insert_order(&mut self, order: Order, expires_at: Option<Timestamp>) {
         match expires_at {
             Some(at) => {
-                self.order_expiry.insert((at, order.id), ());
+                self.order_expiry.insert((at, order.id));
                 self.order_ttl_end.insert(order.id, at);
             }
             None => {
@@ -230,12 +230,10 @@ impl BaseTables {
             }
             entry.remove();
         }
-        while let Some(entry) = self.order_expiry.first_entry() {
-            let (at, id) = *entry.key();
-            if at > now {
-                break;
-            }
-            entry.remove();
+        while let Some(&(at, id)) = self.order_expiry.first()
+            && at <= now
+        {
+            self.order_expiry.pop_first();
             // Unless written again since (its newer entry decides).
             if self.order_ttl_end.get(&id) == Some(&at) {
                 self.order_ttl_end.remove(&id);
