@@ -117,13 +117,31 @@ impl fmt::Debug for OrderWriter {
     }
 }
 
-/// The event's JSON payload, keys in order, as one allocation.
+/// The event's JSON payload, keys in order, written straight into one exactly sized buffer (no
+/// formatting machinery: this runs once per simulated event).
 fn payload_json(order: AggregateId, event_type: EventType, seq: u64, amount_cents: u32) -> String {
-    format!(
-        r#"{{"amount_cents":{amount_cents},"event":"{}","order_id":"{}","seq":{seq}}}"#,
+    let mut amount = itoa::Buffer::new();
+    let amount = amount.format(amount_cents);
+    let mut seq_text = itoa::Buffer::new();
+    let seq_text = seq_text.format(seq);
+    let mut id = uuid::Uuid::encode_buffer();
+    let id = order.0.hyphenated().encode_lower(&mut id);
+    let parts = [
+        r#"{"amount_cents":"#,
+        amount,
+        r#","event":""#,
         event_type.as_str(),
-        order.0
-    )
+        r#"","order_id":""#,
+        id,
+        r#"","seq":"#,
+        seq_text,
+        "}",
+    ];
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
 }
 
 /// Whether an order's lifecycle ends with this event.

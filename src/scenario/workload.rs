@@ -126,6 +126,9 @@ pub async fn drive(
     let mut next_arrival = start;
     let step_min = Duration::from_millis(config.step_delay_min_ms.max(0) as u64);
     let step_max = Duration::from_millis(config.step_delay_max_ms.max(0) as u64);
+    // The sleep towards the next due arrival or step, kept across completions while that
+    // deadline stands (most completions do not move it), instead of a new timer per completion.
+    let mut wait: Option<(Timestamp, LocalFuture<'static, ()>)> = None;
     loop {
         let now = clock.now();
         // Admit everything due, as capacity allows.
@@ -163,6 +166,7 @@ pub async fn drive(
         .flatten()
         .min();
         if in_flight.is_empty() {
+            wait = None;
             match next_due {
                 Some(t) => clock.sleep(t.saturating_since(now)).await,
                 None => return summary,
@@ -173,8 +177,15 @@ pub async fn drive(
         let completed = match next_due {
             // Something is due but there is no room: only a completion can make progress.
             Some(t) if !at_capacity || t > now => {
-                match select(clock.sleep(t.saturating_since(now)), in_flight.next()).await {
-                    Either::Left(_) => None,
+                if wait.as_ref().is_none_or(|(deadline, _)| *deadline != t) {
+                    wait = Some((t, clock.sleep(t.saturating_since(now))));
+                }
+                let (_, sleep) = wait.as_mut().expect("set above");
+                match select(sleep, in_flight.next()).await {
+                    Either::Left(_) => {
+                        wait = None;
+                        None
+                    }
                     Either::Right((c, _)) => c,
                 }
             }

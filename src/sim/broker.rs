@@ -156,10 +156,40 @@ impl Record {
 #[derive(Debug, Default)]
 struct Sequence {
     next: u64,
-    /// Sequence number → (offset, append time); forgotten once older than the delivery
-    /// timeout, after which the producer has given up on retrying it.
-    appended: BTreeMap<u64, (u64, Timestamp)>,
+    /// (sequence number, offset, append time) in sequence order (appends of one producer and
+    /// partition happen in sequence order); forgotten once older than the delivery timeout,
+    /// after which the producer has given up on retrying it.
+    appended: VecDeque<(u64, u64, Timestamp)>,
     abandoned: std::collections::BTreeSet<u64>,
+}
+
+impl Sequence {
+    /// The offset `seq` was appended at, if it is remembered.
+    fn appended_offset(&self, seq: u64) -> Option<u64> {
+        // The usual attempt is a new sequence number, past the newest one appended.
+        if self.appended.back().is_none_or(|&(last, _, _)| seq > last) {
+            return None;
+        }
+        let i = self.appended.partition_point(|&(s, _, _)| s < seq);
+        self.appended
+            .get(i)
+            .filter(|&&(s, _, _)| s == seq)
+            .map(|&(_, offset, _)| offset)
+    }
+
+    fn record_append(&mut self, seq: u64, offset: u64, at: Timestamp) {
+        match self.appended.back() {
+            Some(&(last, _, _)) if seq <= last => {
+                let i = self.appended.partition_point(|&(s, _, _)| s < seq);
+                if self.appended.get(i).is_some_and(|&(s, _, _)| s == seq) {
+                    self.appended[i] = (seq, offset, at);
+                } else {
+                    self.appended.insert(i, (seq, offset, at));
+                }
+            }
+            _ => self.appended.push_back((seq, offset, at)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -248,7 +278,7 @@ impl SimBroker {
             history,
             incarnation,
             producer_id: id,
-            next_seq: RefCell::new(BTreeMap::new()),
+            next_seq: RefCell::new(Vec::new()),
         }
     }
 
@@ -332,7 +362,7 @@ impl SimBroker {
                     next: 1,
                     ..Default::default()
                 });
-            if let Some(&(offset, _)) = sq.appended.get(&seq) {
+            if let Some(offset) = sq.appended_offset(seq) {
                 // A retry of a batch this session already appended: acknowledged, not appended.
                 let d = Delivery { partition, offset };
                 return (
@@ -368,12 +398,10 @@ impl SimBroker {
         });
         if let Some(sq) = s.sequences.get_mut(&(producer_id, partition)) {
             sq.next = sq.next.max(seq + 1);
-            sq.appended.insert(seq, (offset, now));
+            sq.record_append(seq, offset, now);
             let given_up = now - ms(s.config.delivery_timeout_ms);
-            while let Some(e) = sq.appended.first_entry()
-                && e.get().1 < given_up
-            {
-                e.remove();
+            while sq.appended.front().is_some_and(|&(_, _, at)| at < given_up) {
+                sq.appended.pop_front();
             }
         }
         let d = Delivery { partition, offset };
@@ -395,7 +423,8 @@ pub struct SimProducer {
     history: History,
     incarnation: u32,
     producer_id: u64,
-    next_seq: RefCell<BTreeMap<u32, u64>>,
+    /// Last sequence number used, per partition.
+    next_seq: RefCell<Vec<u64>>,
 }
 
 impl std::fmt::Debug for SimProducer {
@@ -421,7 +450,10 @@ impl SimProducer {
         let partition = partition_for(key.as_bytes(), cfg.partitions);
         let seq = {
             let mut seqs = self.next_seq.borrow_mut();
-            let s = seqs.entry(partition).or_insert(0);
+            if seqs.len() <= partition as usize {
+                seqs.resize(partition as usize + 1, 0);
+            }
+            let s = &mut seqs[partition as usize];
             *s += 1;
             *s
         };

@@ -40,6 +40,8 @@ struct State {
     free: Vec<u32>,
     armed: usize,
     current_label: Rc<str>,
+    /// Wakers of the timers `advance` fires, reused between calls.
+    due: Vec<Waker>,
 }
 
 impl State {
@@ -109,6 +111,7 @@ impl SimClock {
                 free: Vec::new(),
                 armed: 0,
                 current_label: Rc::from("main"),
+                due: Vec::new(),
             })),
         }
     }
@@ -147,9 +150,9 @@ impl SimClock {
         if next > limit {
             return None;
         }
-        let mut due = Vec::new();
-        {
+        let mut due = {
             let mut s = self.state.borrow_mut();
+            let mut due = std::mem::take(&mut s.due);
             assert!(next >= s.now, "timer deadline {next} before now {}", s.now);
             s.now = next;
             while let Some(Reverse((deadline, id, slot))) = s.queue.peek().copied() {
@@ -161,10 +164,12 @@ impl SimClock {
                     due.push(t.waker);
                 }
             }
-        }
-        for w in due {
+            due
+        };
+        for w in due.drain(..) {
             w.wake();
         }
+        self.state.borrow_mut().due = due;
         Some(next)
     }
 

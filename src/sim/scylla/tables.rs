@@ -5,7 +5,7 @@
 //! expires (TTL). Reads filter on both, so a row is invisible before its visibility time, visible
 //! after, and gone once expired; `purge` only frees memory and never changes what reads return.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 
 use crate::cdc::{CdcTime, LogPage, LogRow, PageState, StreamId};
@@ -25,21 +25,83 @@ impl<T> Stored<T> {
     }
 }
 
+/// Rows in key order, in a ring buffer: writes arrive in nearly increasing key order (keys start
+/// with the write timestamp; only clock skew puts a row behind its predecessors), so an insert
+/// lands at or near the back, a window read is a binary search and a scan, and expiry pops the
+/// front. Unlike a B-tree, the rows are not moved around node by node on every insert.
+#[derive(Debug)]
+struct SortedRows<K, V> {
+    rows: VecDeque<(K, Stored<V>)>,
+}
+
+impl<K, V> Default for SortedRows<K, V> {
+    fn default() -> Self {
+        SortedRows {
+            rows: VecDeque::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy, V> SortedRows<K, V> {
+    /// Inserts a row; `false` (and nothing changes) if its key is taken.
+    fn insert(&mut self, key: K, row: Stored<V>) -> bool {
+        if self.rows.back().is_none_or(|(last, _)| *last < key) {
+            self.rows.push_back((key, row));
+            return true;
+        }
+        let i = self.rows.partition_point(|(k, _)| *k < key);
+        if self.rows.get(i).is_some_and(|(k, _)| *k == key) {
+            return false;
+        }
+        self.rows.insert(i, (key, row));
+        true
+    }
+
+    /// The newest key.
+    fn last(&self) -> Option<K> {
+        self.rows.back().map(|(k, _)| *k)
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Rows with keys in `(lo, hi)`, in key order.
+    fn range(&self, lo: Bound<K>, hi: Bound<K>) -> impl Iterator<Item = &(K, Stored<V>)> {
+        let start = match lo {
+            Bound::Included(k) => self.rows.partition_point(|(r, _)| *r < k),
+            Bound::Excluded(k) => self.rows.partition_point(|(r, _)| *r <= k),
+            Bound::Unbounded => 0,
+        };
+        self.rows.range(start..).take_while(move |(k, _)| match hi {
+            Bound::Included(h) => *k <= h,
+            Bound::Excluded(h) => *k < h,
+            Bound::Unbounded => true,
+        })
+    }
+
+    /// Drops expired rows from the front (rows expire roughly in key order; stragglers are
+    /// filtered by reads until a later purge). Returns how many went.
+    fn purge_front(&mut self, now: Timestamp) -> usize {
+        let before = self.rows.len();
+        while self.rows.front().is_some_and(|(_, r)| r.expires_at <= now) {
+            self.rows.pop_front();
+        }
+        before - self.rows.len()
+    }
+}
+
 /// `outbox_messages_scylla_cdc_log`: one clustering-ordered partition per stream.
 #[derive(Debug, Default)]
 pub struct CdcLog {
     // Looked up by id only (reads follow the query's stream list), so a hash map keeps runs
     // deterministic.
-    streams: rustc_hash::FxHashMap<StreamId, Partition>,
+    streams: rustc_hash::FxHashMap<StreamId, SortedRows<(CdcTime, i32), LogRow>>,
     rows: usize,
-}
-
-/// One stream's rows, with its newest key kept beside them: most reads of a caught-up reader
-/// start after it and need not descend the tree.
-#[derive(Debug, Default)]
-struct Partition {
-    last: Option<(CdcTime, i32)>,
-    rows: BTreeMap<(CdcTime, i32), Stored<LogRow>>,
 }
 
 impl CdcLog {
@@ -47,8 +109,7 @@ impl CdcLog {
     pub fn insert(&mut self, row: LogRow, visible_at: Timestamp, expires_at: Timestamp) {
         let key = (row.time, row.batch_seq_no);
         let part = self.streams.entry(row.stream_id).or_default();
-        part.last = part.last.max(Some(key));
-        let prev = part.rows.insert(
+        let fresh = part.insert(
             key,
             Stored {
                 value: row,
@@ -56,7 +117,7 @@ impl CdcLog {
                 expires_at,
             },
         );
-        assert!(prev.is_none(), "log primary key collision");
+        assert!(fresh, "log primary key collision");
         self.rows += 1;
     }
 
@@ -109,8 +170,8 @@ impl CdcLog {
                 )),
             };
             // Most windows of a caught-up reader start after a partition's last row: skip the
-            // range descent.
-            let past_end = part.last.is_some_and(|last| match lo {
+            // search.
+            let past_end = part.last().is_some_and(|last| match lo {
                 Bound::Included(k) => last < k,
                 Bound::Excluded(k) => last <= k,
                 Bound::Unbounded => false,
@@ -118,7 +179,7 @@ impl CdcLog {
             if past_end {
                 continue;
             }
-            for (key, stored) in part.rows.range((lo, hi)) {
+            for (key, stored) in part.range(lo, hi) {
                 if !stored.readable(now) {
                     continue;
                 }
@@ -139,15 +200,9 @@ impl CdcLog {
     /// order; stragglers are filtered by reads until a later purge).
     pub fn purge(&mut self, now: Timestamp) {
         for part in self.streams.values_mut() {
-            while let Some(entry) = part.rows.first_entry() {
-                if entry.get().expires_at > now {
-                    break;
-                }
-                entry.remove();
-                self.rows -= 1;
-            }
+            self.rows -= part.purge_front(now);
         }
-        self.streams.retain(|_, p| !p.rows.is_empty());
+        self.streams.retain(|_, p| !p.is_empty());
     }
 }
 
@@ -160,7 +215,7 @@ pub struct BaseTables {
     order_expiry: BTreeSet<(Timestamp, AggregateId)>,
     /// Each such order's current expiry.
     order_ttl_end: rustc_hash::FxHashMap<AggregateId, Timestamp>,
-    outbox: BTreeMap<(Timestamp, EventId), Stored<OutboxEvent>>,
+    outbox: SortedRows<(Timestamp, EventId), OutboxEvent>,
 }
 
 impl BaseTables {
@@ -186,7 +241,7 @@ impl BaseTables {
         expires_at: Timestamp,
     ) {
         let key = (event.created_at, event.id);
-        let prev = self.outbox.insert(
+        let fresh = self.outbox.insert(
             key,
             Stored {
                 value: event,
@@ -194,7 +249,7 @@ impl BaseTables {
                 expires_at,
             },
         );
-        assert!(prev.is_none(), "outbox primary key collision");
+        assert!(fresh, "outbox primary key collision");
     }
 
     /// Outbox rows stored.
@@ -216,7 +271,7 @@ impl BaseTables {
             return Vec::new();
         }
         self.outbox
-            .range((lo, hi))
+            .range(lo, hi)
             .filter(|(_, s)| s.readable(now))
             .map(|(_, s)| s.value.clone())
             .collect()
@@ -224,12 +279,7 @@ impl BaseTables {
 
     /// Drops expired outbox rows from the front.
     pub fn purge(&mut self, now: Timestamp) {
-        while let Some(entry) = self.outbox.first_entry() {
-            if entry.get().expires_at > now {
-                break;
-            }
-            entry.remove();
-        }
+        self.outbox.purge_front(now);
         while let Some(&(at, id)) = self.order_expiry.first()
             && at <= now
         {
