@@ -135,8 +135,10 @@ async fn publish_rows(
     }
     let mut results: Vec<Option<_>> = (0..rows.len()).map(|_| None).collect();
     let mut i = 0;
+    // Membership only, never iterated: a hash set keeps the relay deterministic.
+    let mut aggregates = rustc_hash::FxHashSet::default();
     while i < rows.len() {
-        let mut aggregates = BTreeSet::new();
+        aggregates.clear();
         let mut j = i;
         while j < rows.len() && aggregates.insert(rows[j].aggregate_id) {
             j += 1;
