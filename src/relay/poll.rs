@@ -221,7 +221,6 @@ async fn poll_loop(cfg: PollingConfig, ctx: RelayContext) -> Result<(), RelayErr
                             id: event.id,
                         });
                     }
-                    overlap.insert((event.created_at, event.id));
                 }
                 Some(Err(e)) => {
                     prefix = false;
@@ -232,9 +231,16 @@ async fn poll_loop(cfg: PollingConfig, ctx: RelayContext) -> Result<(), RelayErr
                 None => prefix = false,
             }
         }
+        // Keep only the overlap the next inclusive scan can return: rows at or after the cursor.
+        let keep_from = advanced.map(|c| (c.created_at, EventId(uuid::Uuid::nil())));
+        for (event, result) in fresh.iter().zip(&results) {
+            let key = (event.created_at, event.id);
+            if matches!(result, Some(Ok(_))) && keep_from.is_none_or(|k| key >= k) {
+                overlap.insert(key);
+            }
+        }
         if let Some(c) = advanced {
             cursor = Some(c);
-            // Keep only the overlap the next inclusive scan can return.
             overlap = overlap.split_off(&(c.created_at, EventId(uuid::Uuid::nil())));
             // The cursor lives in the cluster; if it cannot be saved now, a later save catches up.
             let _ = ctx.checkpoints.save_cursor(c).await;
