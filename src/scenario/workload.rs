@@ -6,7 +6,8 @@
 //! aggregate never has two writes in flight. New orders stop at the end of the write phase;
 //! lifecycles already started finish if their steps fall before it.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -120,7 +121,9 @@ pub async fn drive(
 ) -> WorkloadSummary {
     type Write = LocalFuture<'static, (AggregateId, EventType, Result<(), WriteFailure>)>;
     let mut summary = WorkloadSummary::default();
-    let mut agenda: BTreeMap<(Timestamp, u64), (AggregateId, EventType)> = BTreeMap::new();
+    // Due steps by (time, ticket): tickets are unique, so the order is total, as a map's would be.
+    let mut agenda: BinaryHeap<Reverse<(Timestamp, u64, AggregateId, EventType)>> =
+        BinaryHeap::new();
     let mut ticket = 0u64;
     let mut in_flight: FuturesUnordered<Write> = FuturesUnordered::new();
     let mut next_arrival = start;
@@ -134,11 +137,10 @@ pub async fn drive(
         // Admit everything due, as capacity allows.
         while in_flight.len() < config.max_in_flight.max(1) {
             let arrival_due = next_arrival <= now && next_arrival < end;
-            let step_due = agenda
-                .first_key_value()
-                .is_some_and(|((t, _), _)| *t <= now);
+            let step_due = agenda.peek().is_some_and(|Reverse((t, ..))| *t <= now);
             let (order, event_type) = if step_due {
-                agenda.pop_first().expect("checked").1
+                let Reverse((_, _, order, event_type)) = agenda.pop().expect("checked");
+                (order, event_type)
             } else if arrival_due {
                 let rate = config.rate_at(next_arrival.saturating_since(start));
                 next_arrival = if rate > 0.0 {
@@ -160,7 +162,7 @@ pub async fn drive(
         }
         let next_due = [
             (next_arrival < end).then_some(next_arrival),
-            agenda.first_key_value().map(|((t, _), _)| *t),
+            agenda.peek().map(|Reverse((t, ..))| *t),
         ]
         .into_iter()
         .flatten()
@@ -199,7 +201,7 @@ pub async fn drive(
                         let at = clock.now() + uniform_duration(&mut rng, step_min, step_max);
                         if at < end {
                             ticket += 1;
-                            agenda.insert((at, ticket), (order, next));
+                            agenda.push(Reverse((at, ticket, order, next)));
                         }
                     }
                 }
