@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 use uuid::Uuid;
 
 /// Microseconds since the Unix epoch (the unit of CQL write timestamps and `WRITETIME()`).
@@ -201,14 +202,15 @@ pub struct Order {
 
 /// One row of `orders_ks.outbox_messages` (partition key `aggregate_id`, clustering `seq`).
 ///
-/// String columns are reference-counted so copies into the log, the broker and the history are
-/// cheap.
+/// Copies into the log, the broker and the history are cheap: the payload is reference-counted
+/// and a short routing name is stored inline.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OutboxEvent {
     /// Event id (Kafka header `id`).
     pub id: EventId,
-    /// Routing column, e.g. `"Order"`.
-    pub aggregate_type: Arc<str>,
+    /// Routing column, e.g. `"Order"`. Short names are stored inline, so copying an event does
+    /// not touch a shared reference count for them.
+    pub aggregate_type: SmolStr,
     /// The aggregate (order) this event belongs to; the Kafka key.
     pub aggregate_id: AggregateId,
     /// Position in the aggregate's history, from 1, without gaps among committed events.

@@ -103,8 +103,8 @@ pub struct OrderWriter {
     orders: RefCell<rustc_hash::FxHashMap<AggregateId, Progress>>,
     /// Finished orders by the time their `orders` row expires, when the writer forgets them.
     finished: RefCell<BinaryHeap<Reverse<(Timestamp, AggregateId)>>>,
-    /// `"Order"`, shared by every event.
-    aggregate_type: Arc<str>,
+    /// `"Order"`, the routing column of every event.
+    aggregate_type: smol_str::SmolStr,
     config: WriterConfig,
     late_writes: Cell<Option<(f64, Duration)>>,
 }
@@ -175,7 +175,7 @@ impl OrderWriter {
             rng: RefCell::new(rng),
             orders: RefCell::new(Default::default()),
             finished: RefCell::new(BinaryHeap::new()),
-            aggregate_type: Arc::from("Order"),
+            aggregate_type: smol_str::SmolStr::new_static("Order"),
             config,
             late_writes: Cell::new(None),
         }

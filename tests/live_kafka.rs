@@ -32,7 +32,7 @@ fn events(n_aggregates: usize, per_aggregate: u64) -> Vec<OutboxEvent> {
         for a in &aggregates {
             out.push(OutboxEvent {
                 id: EventId(uuid_v4(&mut rng)),
-                aggregate_type: Arc::from("Order"),
+                aggregate_type: "Order".into(),
                 aggregate_id: *a,
                 seq,
                 event_type: if seq == 1 {

@@ -345,7 +345,7 @@ mod tests {
     fn event(n: u8, at: i64) -> OutboxEvent {
         OutboxEvent {
             id: EventId(uuid::Uuid::from_bytes([n; 16])),
-            aggregate_type: Arc::from("Order"),
+            aggregate_type: "Order".into(),
             aggregate_id: AggregateId(uuid::Uuid::from_bytes([n; 16])),
             seq: 1,
             event_type: EventType::OrderCreated,
