@@ -6,8 +6,7 @@
 //! aggregate never has two writes in flight. New orders stop at the end of the write phase;
 //! lifecycles already started finish if their steps fall before it.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -121,9 +120,7 @@ pub async fn drive(
 ) -> WorkloadSummary {
     type Write = LocalFuture<'static, (AggregateId, EventType, Result<(), WriteFailure>)>;
     let mut summary = WorkloadSummary::default();
-    // Due steps by (time, ticket): tickets are unique, so the order is total, as a map's would be.
-    let mut agenda: BinaryHeap<Reverse<(Timestamp, u64, AggregateId, EventType)>> =
-        BinaryHeap::new();
+    let mut agenda: BTreeMap<(Timestamp, u64), (AggregateId, EventType)> = BTreeMap::new();
     let mut ticket = 0u64;
     let mut in_flight: FuturesUnordered<Write> = FuturesUnordered::new();
     let mut next_arrival = start;
@@ -137,10 +134,11 @@ pub async fn drive(
         // Admit everything due, as capacity allows.
         while in_flight.len() < config.max_in_flight.max(1) {
             let arrival_due = next_arrival <= now && next_arrival < end;
-            let step_due = agenda.peek().is_some_and(|Reverse((t, ..))| *t <= now);
+            let step_due = agenda
+                .first_key_value()
+                .is_some_and(|((t, _), _)| *t <= now);
             let (order, event_type) = if step_due {
-                let Reverse((_, _, order, event_type)) = agenda.pop().expect("checked");
-                (order, event_type)
+                agenda.pop_first().expect("checked").1
             } else if arrival_due {
                 let rate = config.rate_at(next_arrival.saturating_since(start));
                 next_arrival = if rate > 0.0 {
@@ -162,7 +160,7 @@ pub async fn drive(
         }
         let next_due = [
             (next_arrival < end).then_some(next_arrival),
-            agenda.peek().map(|Reverse((t, ..))| *t),
+            agenda.first_key_value().map(|((t, _), _)| *t),
         ]
         .into_iter()
         .flatten()
@@ -201,7 +199,7 @@ pub async fn drive(
                         let at = clock.now() + uniform_duration(&mut rng, step_min, step_max);
                         if at < end {
                             ticket += 1;
-                            agenda.push(Reverse((at, ticket, order, next)));
+                            agenda.insert((at, ticket), (order, next));
                         }
                     }
                 }
