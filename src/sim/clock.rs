@@ -7,8 +7,7 @@
 //! waiting.
 
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -33,8 +32,12 @@ type TimerRef = (u32, u64);
 struct State {
     now: Timestamp,
     next_id: u64,
-    /// (deadline, registration number, slot); entries of cancelled timers are skipped.
-    queue: BinaryHeap<Reverse<(Timestamp, u64, u32)>>,
+    /// Timers by deadline, each deadline's in registration order as (registration number,
+    /// slot); entries of cancelled timers are skipped. Many timers share a deadline (a page of
+    /// publishes acknowledged together), so they are queued and fired as one bucket.
+    queue: BTreeMap<Timestamp, VecDeque<(u64, u32)>>,
+    /// Emptied buckets, reused.
+    spare: Vec<VecDeque<(u64, u32)>>,
     /// Armed timers in reusable slots (no hashing on the hot path).
     slots: Vec<Option<Timer>>,
     free: Vec<u32>,
@@ -44,10 +47,36 @@ struct State {
     due: Vec<Waker>,
 }
 
+/// Whether the timer `r` is still armed.
+fn is_armed(slots: &[Option<Timer>], (slot, id): TimerRef) -> bool {
+    slots[slot as usize].as_ref().is_some_and(|t| t.id == id)
+}
+
 impl State {
     /// The timer `r` if it is still armed.
     fn get_mut(&mut self, (slot, id): TimerRef) -> Option<&mut Timer> {
         self.slots[slot as usize].as_mut().filter(|t| t.id == id)
+    }
+
+    /// The earliest deadline with an armed timer, dropping cancelled entries before it.
+    fn next_deadline(&mut self) -> Option<Timestamp> {
+        let State {
+            queue,
+            spare,
+            slots,
+            ..
+        } = self;
+        loop {
+            let mut first = queue.first_entry()?;
+            let bucket = first.get_mut();
+            while let Some(&(id, slot)) = bucket.front() {
+                if is_armed(slots, (slot, id)) {
+                    return Some(*first.key());
+                }
+                bucket.pop_front(); // cancelled: its Sleep was dropped
+            }
+            spare.push(first.remove());
+        }
     }
 
     /// Disarms `r`, if it is still armed, and hands its timer back.
@@ -78,7 +107,11 @@ impl State {
             }
         };
         self.armed += 1;
-        self.queue.push(Reverse((deadline, id, slot)));
+        let State { queue, spare, .. } = self;
+        queue
+            .entry(deadline)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push_back((id, slot));
         (slot, id)
     }
 }
@@ -106,7 +139,8 @@ impl SimClock {
             state: Rc::new(RefCell::new(State {
                 now: start,
                 next_id: 0,
-                queue: BinaryHeap::new(),
+                queue: BTreeMap::new(),
+                spare: Vec::new(),
                 slots: Vec::new(),
                 free: Vec::new(),
                 armed: 0,
@@ -132,14 +166,7 @@ impl SimClock {
 
     /// Deadline of the earliest armed timer.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        let mut s = self.state.borrow_mut();
-        while let Some(Reverse((deadline, id, slot))) = s.queue.peek().copied() {
-            if s.get_mut((slot, id)).is_some() {
-                return Some(deadline);
-            }
-            s.queue.pop(); // cancelled: its Sleep was dropped
-        }
-        None
+        self.state.borrow_mut().next_deadline()
     }
 
     /// Moves time to the earliest armed deadline, if it is not after `limit`, and wakes every
@@ -155,15 +182,13 @@ impl SimClock {
             let mut due = std::mem::take(&mut s.due);
             assert!(next >= s.now, "timer deadline {next} before now {}", s.now);
             s.now = next;
-            while let Some(Reverse((deadline, id, slot))) = s.queue.peek().copied() {
-                if deadline > next {
-                    break;
-                }
-                s.queue.pop();
+            let (_, mut bucket) = s.queue.pop_first().expect("next_deadline found it");
+            for (id, slot) in bucket.drain(..) {
                 if let Some(t) = s.disarm((slot, id)) {
                     due.push(t.waker);
                 }
             }
+            s.spare.push(bucket);
             due
         };
         for w in due.drain(..) {
