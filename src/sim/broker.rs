@@ -170,23 +170,24 @@ impl Sequence {
         if self.appended.back().is_none_or(|&(last, _, _)| seq > last) {
             return None;
         }
+        self.position(seq).ok().map(|i| self.appended[i].1)
+    }
+
+    /// Where `seq` is in `appended` (`Ok`), or where it would go (`Err`).
+    fn position(&self, seq: u64) -> Result<usize, usize> {
         let i = self.appended.partition_point(|&(s, _, _)| s < seq);
-        self.appended
-            .get(i)
-            .filter(|&&(s, _, _)| s == seq)
-            .map(|&(_, offset, _)| offset)
+        match self.appended.get(i) {
+            Some(&(s, _, _)) if s == seq => Ok(i),
+            _ => Err(i),
+        }
     }
 
     fn record_append(&mut self, seq: u64, offset: u64, at: Timestamp) {
         match self.appended.back() {
-            Some(&(last, _, _)) if seq <= last => {
-                let i = self.appended.partition_point(|&(s, _, _)| s < seq);
-                if self.appended.get(i).is_some_and(|&(s, _, _)| s == seq) {
-                    self.appended[i] = (seq, offset, at);
-                } else {
-                    self.appended.insert(i, (seq, offset, at));
-                }
-            }
+            Some(&(last, _, _)) if seq <= last => match self.position(seq) {
+                Ok(i) => self.appended[i] = (seq, offset, at),
+                Err(i) => self.appended.insert(i, (seq, offset, at)),
+            },
             _ => self.appended.push_back((seq, offset, at)),
         }
     }
