@@ -392,7 +392,7 @@ impl Sim {
         &self,
         label: &str,
         fut: impl std::future::Future<Output = T> + 'static,
-    ) -> async_executor::Task<T> {
+    ) -> crate::sim::executor::Task<T> {
         self.executor.spawn(label, fut)
     }
 
@@ -404,7 +404,7 @@ impl Sim {
     /// Runs until `task` completes.
     pub fn block_on<T: 'static>(
         &mut self,
-        task: async_executor::Task<T>,
+        task: crate::sim::executor::Task<T>,
     ) -> Result<T, RuntimeError> {
         self.executor.block_on(task)
     }

@@ -1,4 +1,4 @@
-//! The deterministic runtime: a single-threaded smol executor driven by the virtual clock.
+//! The deterministic runtime: a single-threaded executor driven by the virtual clock.
 //!
 //! The loop is turmoil's: run every runnable task until none is left, then move the clock to the
 //! next timer and wake it. Time therefore moves only when nothing is runnable, and a run is a
@@ -6,12 +6,14 @@
 //! hang — a task that yields forever, or a relay that never lets time move — into an error naming
 //! the timers still armed.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
-
-use async_executor::{LocalExecutor, Task};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use crate::model::Timestamp;
 use crate::sim::clock::SimClock;
@@ -90,9 +92,142 @@ impl<F: Future> Future for Labeled<F> {
     }
 }
 
+/// A task is idle (waiting for a wake-up).
+const IDLE: u8 = 0;
+/// A task is in the run queue.
+const SCHEDULED: u8 = 1;
+/// A task is being polled.
+const RUNNING: u8 = 2;
+/// A task finished or was cancelled; wake-ups are ignored.
+const DONE: u8 = 4;
+
+/// The run queue, shared with every task's waker.
+#[derive(Default)]
+struct RunQueue {
+    ids: Mutex<VecDeque<usize>>,
+}
+
+/// A task's waker: puts the task at the back of the run queue, once.
+///
+/// The schedule is async-task's (what smol's executors use), so a run is the same poll for
+/// poll: a wake-up while the task is queued is absorbed; one while it is being polled puts it
+/// back in the queue after that poll returns, behind whatever the poll woke.
+struct TaskWaker {
+    id: usize,
+    state: AtomicU8,
+    queue: Arc<RunQueue>,
+}
+
+impl TaskWaker {
+    fn push(&self) {
+        self.queue
+            .ids
+            .lock()
+            .expect("run queue lock")
+            .push_back(self.id);
+    }
+
+    /// Marks the task scheduled; queues it if it was idle.
+    fn schedule(&self) {
+        let prev = self.state.fetch_or(SCHEDULED, Ordering::AcqRel);
+        if prev & (SCHEDULED | RUNNING | DONE) == 0 {
+            self.push();
+        }
+    }
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.schedule();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.schedule();
+    }
+}
+
+/// What a task's handle and the task share: the output, once ready, and who awaits it.
+struct JoinState<T> {
+    output: Option<T>,
+    finished: bool,
+    awaiter: Option<Waker>,
+}
+
+/// A spawned task's future, with its waker.
+struct Slot {
+    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    waker: Arc<TaskWaker>,
+    /// The handle was dropped without [`Task::detach`]: drop the future at its next turn.
+    cancelled: Rc<std::cell::Cell<bool>>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+}
+
+/// The handle of a spawned task: await it (or [`SimExecutor::block_on`] it) for the output.
+/// Dropping it cancels the task at its current await point, which is how a relay crash is
+/// modelled; [`detach`](Task::detach) lets the task run on unobserved.
+#[must_use = "dropping a task cancels it; call detach() to let it run"]
+pub struct Task<T> {
+    join: Rc<RefCell<JoinState<T>>>,
+    cancelled: Rc<std::cell::Cell<bool>>,
+    waker: Arc<TaskWaker>,
+    detached: bool,
+}
+
+impl<T> std::fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.waker.id)
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl<T> Task<T> {
+    /// Lets the task run to completion without a handle.
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+
+    /// Whether the task has finished.
+    pub fn is_finished(&self) -> bool {
+        self.join.borrow().finished
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if !self.detached && !self.join.borrow().finished {
+            self.cancelled.set(true);
+            self.waker.schedule();
+        }
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let mut j = self.join.borrow_mut();
+        match j.output.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                assert!(!j.finished, "a task's output is taken once");
+                j.awaiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// The single-threaded executor plus its clock and step budget.
 pub struct SimExecutor {
-    ex: Rc<LocalExecutor<'static>>,
+    queue: Arc<RunQueue>,
+    tasks: RefCell<Tasks>,
     clock: SimClock,
     steps: u64,
     step_budget: u64,
@@ -112,7 +247,8 @@ impl SimExecutor {
     /// An executor on `clock` that fails after `step_budget` task polls in total.
     pub fn new(clock: SimClock, step_budget: u64) -> Self {
         SimExecutor {
-            ex: Rc::new(LocalExecutor::new()),
+            queue: Arc::default(),
+            tasks: RefCell::default(),
             clock,
             steps: 0,
             step_budget,
@@ -136,17 +272,104 @@ impl SimExecutor {
         label: &str,
         fut: impl Future<Output = T> + 'static,
     ) -> Task<T> {
-        self.ex.spawn(Labeled {
+        let join = Rc::new(RefCell::new(JoinState {
+            output: None,
+            finished: false,
+            awaiter: None,
+        }));
+        let labeled = Labeled {
             label: Rc::from(label),
             clock: self.clock.clone(),
             inner: Box::pin(fut),
-        })
+        };
+        let j = join.clone();
+        let future = Box::pin(async move {
+            let v = labeled.await;
+            let awaiter = {
+                let mut j = j.borrow_mut();
+                j.output = Some(v);
+                j.finished = true;
+                j.awaiter.take()
+            };
+            if let Some(w) = awaiter {
+                w.wake();
+            }
+        });
+        let cancelled = Rc::new(std::cell::Cell::new(false));
+        let mut tasks = self.tasks.borrow_mut();
+        let id = tasks.free.pop().unwrap_or(tasks.slots.len());
+        let waker = Arc::new(TaskWaker {
+            id,
+            state: AtomicU8::new(IDLE),
+            queue: self.queue.clone(),
+        });
+        let slot = Slot {
+            future: Some(future),
+            waker: waker.clone(),
+            cancelled: cancelled.clone(),
+        };
+        if id == tasks.slots.len() {
+            tasks.slots.push(Some(slot));
+        } else {
+            tasks.slots[id] = Some(slot);
+        }
+        // Queued at once, as smol's executors do.
+        waker.schedule();
+        Task {
+            join,
+            cancelled,
+            waker,
+            detached: false,
+        }
+    }
+
+    /// Polls the task at the front of the run queue, if any (dropping it instead if its handle
+    /// cancelled it). Returns whether a task was polled.
+    fn try_tick(&mut self) -> bool {
+        let Some(id) = self.queue.ids.lock().expect("run queue lock").pop_front() else {
+            return false;
+        };
+        let tasks = self.tasks.get_mut();
+        let slot = tasks.slots[id].as_mut().expect("a queued task exists");
+        let state = slot.waker.clone();
+        if slot.cancelled.get() {
+            state.state.store(DONE, Ordering::Release);
+            let slot = tasks.slots[id].take();
+            tasks.free.push(id);
+            drop(slot);
+            return true;
+        }
+        let mut future = slot.future.take().expect("a queued task is not running");
+        state.state.store(RUNNING, Ordering::Release);
+        let waker = Waker::from(state.clone());
+        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+        let tasks = self.tasks.get_mut();
+        match poll {
+            Poll::Ready(()) => {
+                state.state.store(DONE, Ordering::Release);
+                tasks.slots[id] = None;
+                tasks.free.push(id);
+                drop(future);
+            }
+            Poll::Pending => {
+                tasks.slots[id]
+                    .as_mut()
+                    .expect("a running task keeps its slot")
+                    .future = Some(future);
+                let prev = state.state.fetch_and(!RUNNING, Ordering::AcqRel);
+                if prev & SCHEDULED != 0 {
+                    // Woken while it ran: back in the queue, behind what it woke.
+                    state.push();
+                }
+            }
+        }
+        true
     }
 
     /// Runs every runnable task until none is left.
     fn run_ready(&mut self) -> Result<(), RuntimeError> {
         let mut at_this_instant = 0u64;
-        while self.ex.try_tick() {
+        while self.try_tick() {
             self.steps += 1;
             at_this_instant += 1;
             if self.steps > self.step_budget || at_this_instant > MAX_STEPS_PER_INSTANT {
