@@ -25,7 +25,7 @@ pub mod serve;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::model::Timestamp;
-use crate::ports::{Clock, LocalFuture};
+use crate::ports::{Clock, SleepFuture};
 
 /// The system clock.
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,10 +39,10 @@ impl Clock for WallClock {
         Timestamp(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
     }
 
-    fn sleep(&self, d: Duration) -> LocalFuture<'static, ()> {
-        Box::pin(async move {
+    fn sleep(&self, d: Duration) -> SleepFuture {
+        SleepFuture::Boxed(Box::pin(async move {
             smol::Timer::after(d).await;
-        })
+        }))
     }
 }
 

@@ -29,7 +29,37 @@ pub trait Clock {
     /// The current time.
     fn now(&self) -> Timestamp;
     /// Completes once `d` has passed on this clock.
-    fn sleep(&self, d: Duration) -> LocalFuture<'static, ()>;
+    fn sleep(&self, d: Duration) -> SleepFuture;
+}
+
+/// What [`Clock::sleep`] returns: the simulated clock's timer held inline (sleeping is the most
+/// frequent await of a simulated run, a few per event, so it allocates nothing), or any other
+/// clock's boxed future.
+pub enum SleepFuture {
+    /// A timer of the simulated clock.
+    Sim(crate::sim::clock::Sleep),
+    /// Any other clock's sleep.
+    Boxed(LocalFuture<'static, ()>),
+}
+
+impl std::fmt::Debug for SleepFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SleepFuture::Sim(s) => s.fmt(f),
+            SleepFuture::Boxed(_) => f.write_str("SleepFuture::Boxed"),
+        }
+    }
+}
+
+impl Future for SleepFuture {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match &mut *self {
+            SleepFuture::Sim(s) => Pin::new(s).poll(cx),
+            SleepFuture::Boxed(b) => b.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Why a database request failed.

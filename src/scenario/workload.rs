@@ -17,7 +17,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AggregateId, EventType, Timestamp};
-use crate::ports::{Clock, LocalFuture};
+use crate::ports::{Clock, LocalFuture, SleepFuture};
 use crate::seed::{SimRng, exponential_duration, uniform_duration};
 use crate::writer::{OrderWriter, WriteFailure};
 
@@ -128,7 +128,7 @@ pub async fn drive(
     let step_max = Duration::from_millis(config.step_delay_max_ms.max(0) as u64);
     // The sleep towards the next due arrival or step, kept across completions while that
     // deadline stands (most completions do not move it), instead of a new timer per completion.
-    let mut wait: Option<(Timestamp, LocalFuture<'static, ()>)> = None;
+    let mut wait: Option<(Timestamp, SleepFuture)> = None;
     loop {
         let now = clock.now();
         // Admit everything due, as capacity allows.

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::model::Timestamp;
-use crate::ports::{Clock, LocalFuture};
+use crate::ports::{Clock, SleepFuture};
 
 struct Timer {
     /// Registration number: orders timers that share a deadline, and tells a slot's current
@@ -233,9 +233,9 @@ impl Clock for SimClock {
         SimClock::now(self)
     }
 
-    fn sleep(&self, d: Duration) -> LocalFuture<'static, ()> {
+    fn sleep(&self, d: Duration) -> SleepFuture {
         let deadline = self.now() + d;
-        Box::pin(self.sleep_until(deadline))
+        SleepFuture::Sim(self.sleep_until(deadline))
     }
 }
 
