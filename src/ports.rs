@@ -121,8 +121,9 @@ pub struct OrderBatch {
 /// What a successful batch reports back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
-    /// The outbox row as stored (`created_at` = write timestamp).
-    pub event: OutboxEvent,
+    /// The write timestamp the rows were stored with: the outbox row's `created_at` and the
+    /// CDC log's `cdc$time`.
+    pub created_at: Timestamp,
     /// When the write becomes readable, if the world knows (the simulation does; a live cluster
     /// does not say).
     pub visible_at: Option<Timestamp>,

@@ -290,7 +290,8 @@ impl OrderWriter {
                         .borrow_mut()
                         .push(Reverse((expires_at, order)));
                 }
-                let e = committed.event;
+                let mut e = event;
+                e.created_at = committed.created_at;
                 self.history.record(
                     now,
                     OpKind::Committed {

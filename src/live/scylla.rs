@@ -510,7 +510,7 @@ impl OutboxStore for ScyllaStore {
             self.count(QueryKind::Write, 0);
             self.run(self.session.batch(&b, values)).await?;
             Ok(Committed {
-                event,
+                created_at: t,
                 visible_at: None,
                 expires_at: None,
                 order_expires_at: None,

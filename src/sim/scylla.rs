@@ -34,7 +34,7 @@ pub use generations::{Generation, Node, Topology};
 pub use store::{SimCheckpoints, SimStore};
 pub use tables::{BaseTables, CdcLog, CheckpointTable};
 
-use crate::cdc::{CdcTime, LogRow, Operation};
+use crate::cdc::CdcTime;
 use crate::history::{History, OpKind};
 use crate::model::{Order, OutboxEvent, Timestamp};
 use crate::ports::{Committed, OrderBatch, StoreError, WriteTimestamp};
@@ -490,23 +490,15 @@ impl ClusterState {
             delay += ms(self.config.stall_ms);
         }
         let visible_at = now + delay + ms(self.faults.stall_all_ms);
-        let event = OutboxEvent {
+        let event = Rc::new(OutboxEvent {
             created_at: ts,
             ..batch.event
-        };
+        });
         let token = token::murmur3_token(event.aggregate_id.0.as_bytes());
         let stream_id = self.topology.generations[gen_idx].stream_for(token);
-        let row = LogRow {
-            stream_id,
-            time: CdcTime {
-                micros: ts.0,
-                lsb: self.rng.random(),
-            },
-            batch_seq_no: 0,
-            operation: Operation::Insert,
-            end_of_batch: true,
-            ttl: None,
-            event: event.clone(),
+        let time = CdcTime {
+            micros: ts.0,
+            lsb: self.rng.random(),
         };
         let order = Order {
             id: event.aggregate_id,
@@ -536,7 +528,8 @@ impl ClusterState {
         self.tables
             .insert_outbox(event.clone(), visible_at, outbox_expiry);
         let log_expiry = now + Duration::from_secs(self.config.cdc_ttl_s as u64);
-        self.log.insert(row, visible_at, log_expiry);
+        self.log
+            .insert_write(stream_id, time, event, visible_at, log_expiry);
 
         self.writes_since_purge += 1;
         if self.writes_since_purge >= PURGE_EVERY_WRITES {
@@ -545,7 +538,7 @@ impl ClusterState {
             self.tables.purge(now);
         }
         Ok(Committed {
-            event,
+            created_at: ts,
             visible_at: Some(visible_at),
             expires_at: Some(log_expiry.min(outbox_expiry)),
             order_expires_at: Some(order_expiry.unwrap_or(Timestamp::MAX)),

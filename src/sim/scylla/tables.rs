@@ -7,8 +7,9 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
+use std::rc::Rc;
 
-use crate::cdc::{CdcTime, LogPage, LogRow, PageState, StreamId};
+use crate::cdc::{CdcTime, LogPage, LogRow, Operation, PageState, StreamId};
 use crate::model::{AggregateId, Cursor, EventId, Order, OutboxEvent, Timestamp};
 use crate::ports::ScanFrom;
 
@@ -126,24 +127,84 @@ impl<K: Ord + Copy, V> SortedRows<K, V> {
     }
 }
 
+/// A stored log row: the columns its partition and clustering key do not already hold, and the
+/// base row's columns shared with the `outbox_messages` row of the same write (a log row is a
+/// copy of them, so sharing changes nothing a read returns; it saves a copy per write).
+#[derive(Clone, Debug)]
+struct LogEntry {
+    operation: Operation,
+    end_of_batch: bool,
+    ttl: Option<i64>,
+    event: Rc<OutboxEvent>,
+}
+
 /// `outbox_messages_scylla_cdc_log`: one clustering-ordered partition per stream.
 #[derive(Debug, Default)]
 pub struct CdcLog {
     // Looked up by id only (reads follow the query's stream list), so a hash map keeps runs
     // deterministic.
-    streams: rustc_hash::FxHashMap<StreamId, SortedRows<(CdcTime, i32), LogRow>>,
+    streams: rustc_hash::FxHashMap<StreamId, SortedRows<(CdcTime, i32), LogEntry>>,
     rows: usize,
 }
 
 impl CdcLog {
     /// Appends a row.
     pub fn insert(&mut self, row: LogRow, visible_at: Timestamp, expires_at: Timestamp) {
-        let key = (row.time, row.batch_seq_no);
-        let part = self.streams.entry(row.stream_id).or_default();
+        let LogRow {
+            stream_id,
+            time,
+            batch_seq_no,
+            operation,
+            end_of_batch,
+            ttl,
+            event,
+        } = row;
+        let entry = LogEntry {
+            operation,
+            end_of_batch,
+            ttl,
+            event: Rc::new(event),
+        };
+        self.insert_entry(
+            stream_id,
+            (time, batch_seq_no),
+            entry,
+            visible_at,
+            expires_at,
+        );
+    }
+
+    /// Appends the single-row batch's log row of a write whose base row is `event`.
+    pub fn insert_write(
+        &mut self,
+        stream_id: StreamId,
+        time: CdcTime,
+        event: Rc<OutboxEvent>,
+        visible_at: Timestamp,
+        expires_at: Timestamp,
+    ) {
+        let entry = LogEntry {
+            operation: Operation::Insert,
+            end_of_batch: true,
+            ttl: None,
+            event,
+        };
+        self.insert_entry(stream_id, (time, 0), entry, visible_at, expires_at);
+    }
+
+    fn insert_entry(
+        &mut self,
+        stream_id: StreamId,
+        key: (CdcTime, i32),
+        entry: LogEntry,
+        visible_at: Timestamp,
+        expires_at: Timestamp,
+    ) {
+        let part = self.streams.entry(stream_id).or_default();
         let fresh = part.insert(
             key,
             Stored {
-                value: row,
+                value: entry,
                 visible_at,
                 expires_at,
             },
@@ -214,7 +275,16 @@ impl CdcLog {
                 if !stored.readable(now) {
                     continue;
                 }
-                out.rows.push(stored.value.clone());
+                let e = &stored.value;
+                out.rows.push(LogRow {
+                    stream_id: *stream,
+                    time: key.0,
+                    batch_seq_no: key.1,
+                    operation: e.operation,
+                    end_of_batch: e.end_of_batch,
+                    ttl: e.ttl,
+                    event: OutboxEvent::clone(&e.event),
+                });
                 if out.rows.len() == page_size {
                     out.next = Some(PageState {
                         stream_index: i,
@@ -246,7 +316,8 @@ pub struct BaseTables {
     order_expiry: BTreeSet<(Timestamp, AggregateId)>,
     /// Each such order's current expiry.
     order_ttl_end: rustc_hash::FxHashMap<AggregateId, Timestamp>,
-    outbox: SortedRows<(Timestamp, EventId), OutboxEvent>,
+    /// Shared with the write's CDC log row.
+    outbox: SortedRows<(Timestamp, EventId), Rc<OutboxEvent>>,
 }
 
 impl BaseTables {
@@ -267,7 +338,7 @@ impl BaseTables {
     /// Inserts an outbox row.
     pub fn insert_outbox(
         &mut self,
-        event: OutboxEvent,
+        event: Rc<OutboxEvent>,
         visible_at: Timestamp,
         expires_at: Timestamp,
     ) {
@@ -304,7 +375,7 @@ impl BaseTables {
         self.outbox
             .range(lo, hi)
             .filter(|(_, s)| s.readable(now))
-            .map(|(_, s)| s.value.clone())
+            .map(|(_, s)| OutboxEvent::clone(&s.value))
             .collect()
     }
 
@@ -505,10 +576,10 @@ mod tests {
     #[test]
     fn outbox_scan_respects_bounds_and_visibility() {
         let mut t = BaseTables::default();
-        t.insert_outbox(event(1, 10), Timestamp(0), Timestamp::MAX);
-        t.insert_outbox(event(2, 10), Timestamp(0), Timestamp::MAX);
-        t.insert_outbox(event(3, 20), Timestamp(100), Timestamp::MAX);
-        t.insert_outbox(event(4, 30), Timestamp(0), Timestamp::MAX);
+        t.insert_outbox(Rc::new(event(1, 10)), Timestamp(0), Timestamp::MAX);
+        t.insert_outbox(Rc::new(event(2, 10)), Timestamp(0), Timestamp::MAX);
+        t.insert_outbox(Rc::new(event(3, 20)), Timestamp(100), Timestamp::MAX);
+        t.insert_outbox(Rc::new(event(4, 30)), Timestamp(0), Timestamp::MAX);
         let ids = |v: Vec<OutboxEvent>| v.iter().map(|e| e.id.0.as_bytes()[0]).collect::<Vec<_>>();
         assert_eq!(
             ids(t.scan(ScanFrom::Beginning, Timestamp(100), Timestamp(50))),
