@@ -174,13 +174,10 @@ pub fn analyze(ops: &[Op]) -> Analysis {
 /// settles the event, forgets it, and reports any later record for it as a phantom.
 pub const SETTLE_AFTER_EXPIRY: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// One committed event the checker still tracks.
+/// What the checker keeps of a committed event until it settles.
 #[derive(Clone, Copy, Debug)]
 struct Tracked {
     at: Timestamp,
-    aggregate: AggregateId,
-    seq: u64,
-    write_ts: Timestamp,
     expires_at: Timestamp,
     /// First record: (ack time, incarnation).
     first: Option<(Timestamp, u32)>,
@@ -196,7 +193,9 @@ struct Orphan {
     last: (Timestamp, u32),
 }
 
-/// One event of an aggregate, for the ordering check.
+/// One event of an aggregate: what the ordering check needs, and, from its commit until it
+/// settles, its tracking state. Keeping events inside their aggregate's entry makes each op one
+/// lookup (both ops of an event name its aggregate).
 #[derive(Clone, Copy, Debug)]
 struct AggregateEvent {
     event: EventId,
@@ -205,6 +204,8 @@ struct AggregateEvent {
     write_ts: Timestamp,
     /// Partition and lowest offset of its records, once published.
     first: Option<(u32, u64)>,
+    /// Set from the commit until the event settles.
+    tracked: Option<Tracked>,
 }
 
 /// Per aggregate: its events (an order has a handful) and how many are still tracked. Its
@@ -228,9 +229,10 @@ struct AggregateState {
 #[derive(Clone, Debug)]
 pub struct Checker {
     a: Analysis,
-    events: rustc_hash::FxHashMap<EventId, Tracked>,
+    /// Events with tracking state (inside `aggregates`).
+    tracked_events: usize,
     orphans: BTreeMap<EventId, Orphan>,
-    settle: BinaryHeap<Reverse<(Timestamp, EventId)>>,
+    settle: BinaryHeap<Reverse<(Timestamp, EventId, AggregateId)>>,
     aggregates: rustc_hash::FxHashMap<AggregateId, AggregateState>,
     last_failure: BTreeMap<u32, Timestamp>,
     up_intervals: Vec<(Timestamp, Option<Timestamp>)>,
@@ -257,7 +259,7 @@ impl Checker {
     pub fn new() -> Self {
         Checker {
             a: Analysis::default(),
-            events: Default::default(),
+            tracked_events: 0,
             orphans: BTreeMap::new(),
             settle: BinaryHeap::new(),
             aggregates: Default::default(),
@@ -277,7 +279,7 @@ impl Checker {
 
     /// Events (committed or only published) the checker still holds.
     pub fn tracked(&self) -> usize {
-        self.events.len() + self.orphans.len()
+        self.tracked_events + self.orphans.len()
     }
 
     /// Observes the next op (ops arrive in time order).
@@ -384,9 +386,6 @@ impl Checker {
         self.a.committed += 1;
         let mut t = Tracked {
             at,
-            aggregate,
-            seq,
-            write_ts,
             expires_at,
             first: None,
             last: None,
@@ -399,20 +398,32 @@ impl Checker {
         }
         let agg = self.aggregates.entry(aggregate).or_default();
         agg.tracked += 1;
-        match agg.events.iter_mut().find(|e| e.event == event) {
-            Some(e) => e.write_ts = write_ts,
-            None => agg.events.push(AggregateEvent {
-                event,
-                seq,
-                write_ts,
-                first: None,
-            }),
+        let e = match agg.events.iter().position(|e| e.event == event) {
+            Some(i) => {
+                agg.events[i].write_ts = write_ts;
+                &mut agg.events[i]
+            }
+            None => {
+                agg.events.push(AggregateEvent {
+                    event,
+                    seq,
+                    write_ts,
+                    first: None,
+                    tracked: None,
+                });
+                agg.events.last_mut().expect("pushed")
+            }
+        };
+        if e.tracked.replace(t).is_none() {
+            self.tracked_events += 1;
         }
         if expires_at != Timestamp::MAX {
-            self.settle
-                .push(Reverse((expires_at + SETTLE_AFTER_EXPIRY, event)));
+            self.settle.push(Reverse((
+                expires_at + SETTLE_AFTER_EXPIRY,
+                event,
+                aggregate,
+            )));
         }
-        self.events.insert(event, t);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -428,16 +439,37 @@ impl Checker {
     ) {
         self.a.records += 1;
         let now = (at, incarnation);
-        let previous = match self.events.get_mut(&event) {
+        // The event's entry in its aggregate (made here if the commit is not seen yet), with the
+        // lowest offset of its records for the ordering check.
+        let agg = self.aggregates.entry(aggregate).or_default();
+        let i = match agg.events.iter().position(|e| e.event == event) {
+            Some(i) => i,
+            None => {
+                agg.events.push(AggregateEvent {
+                    event,
+                    seq,
+                    write_ts: Timestamp::MIN,
+                    first: None,
+                    tracked: None,
+                });
+                agg.events.len() - 1
+            }
+        };
+        let e = &mut agg.events[i];
+        match &mut e.first {
+            Some((_, o)) => *o = (*o).min(offset),
+            None => e.first = Some((partition, offset)),
+        }
+        let (previous, delivered) = match &mut e.tracked {
             Some(t) => {
                 let previous = t.last.replace(now);
                 if t.first.is_none() {
                     t.first = Some(now);
                 }
-                previous
+                (previous, Some((*t, e.write_ts)))
             }
             None => match self.orphans.get_mut(&event) {
-                Some(o) => Some(std::mem::replace(&mut o.last, now)),
+                Some(o) => (Some(std::mem::replace(&mut o.last, now)), None),
                 None => {
                     self.orphans.insert(
                         event,
@@ -446,20 +478,19 @@ impl Checker {
                             last: now,
                         },
                     );
-                    None
+                    (None, None)
                 }
             },
         };
-        self.record_offset(event, aggregate, seq, partition, offset);
         match previous {
             None => {
-                if let Some(t) = self.events.get(&event).copied() {
+                if let Some((t, _)) = delivered {
                     self.first_delivery(&t);
                 }
             }
             Some(prev) => {
                 self.a.duplicated += 1;
-                self.duplicate(event, prev, now);
+                self.duplicate(event, delivered.map(|(_, w)| w), prev, now);
             }
         }
     }
@@ -485,34 +516,6 @@ impl Checker {
             .take_while(|(r, _)| **r <= p)
         {
             *worst = (*worst).max(p.saturating_since(*r));
-        }
-    }
-
-    /// Remembers the lowest offset of an event's records, for the ordering check.
-    fn record_offset(
-        &mut self,
-        event: EventId,
-        aggregate: AggregateId,
-        seq: u64,
-        partition: u32,
-        offset: u64,
-    ) {
-        let agg = self.aggregates.entry(aggregate).or_default();
-        let e = match agg.events.iter_mut().position(|e| e.event == event) {
-            Some(i) => &mut agg.events[i],
-            None => {
-                agg.events.push(AggregateEvent {
-                    event,
-                    seq,
-                    write_ts: Timestamp::MIN,
-                    first: None,
-                });
-                agg.events.last_mut().expect("pushed")
-            }
-        };
-        match &mut e.first {
-            Some((_, o)) => *o = (*o).min(offset),
-            None => e.first = Some((partition, offset)),
         }
     }
 
@@ -548,18 +551,20 @@ impl Checker {
         }
     }
 
+    /// A record beyond an event's first; `write_ts` is the event's write timestamp while it is
+    /// tracked.
     fn duplicate(
         &mut self,
         event: EventId,
+        write_ts: Option<Timestamp>,
         (t0, i0): (Timestamp, u32),
         (t1, i1): (Timestamp, u32),
     ) {
         let why = if i0 != i1 {
             // A restart explains it, unless the new incarnation loaded a cursor past the row.
-            match (self.loaded_cursor.get(&i1), self.events.get(&event)) {
-                (Some(cursor), Some(c)) if c.write_ts < *cursor => Some(format!(
-                    "incarnation {i1} loaded cursor {cursor}, already past the row's created_at {}",
-                    c.write_ts
+            match (self.loaded_cursor.get(&i1), write_ts) {
+                (Some(cursor), Some(w)) if w < *cursor => Some(format!(
+                    "incarnation {i1} loaded cursor {cursor}, already past the row's created_at {w}"
                 )),
                 _ => None,
             }
@@ -632,7 +637,7 @@ impl Checker {
     }
 
     /// The verdict on an event nobody published.
-    fn unpublished(&self, id: EventId, t: &Tracked) -> Anomaly {
+    fn unpublished(&self, id: EventId, aggregate: AggregateId, seq: u64, t: &Tracked) -> Anomaly {
         if t.expires_at <= self.end {
             Anomaly::ExpiredBeforeRead {
                 event: id,
@@ -643,8 +648,8 @@ impl Checker {
         } else {
             Anomaly::Lost {
                 event: id,
-                aggregate: t.aggregate,
-                seq: t.seq,
+                aggregate,
+                seq,
                 committed_at: t.at,
             }
         }
@@ -660,24 +665,30 @@ impl Checker {
 
     /// Settles every event whose settle time is before `now`.
     fn settle_before(&mut self, now: Timestamp) {
-        while let Some(Reverse((at, id))) = self.settle.peek().copied()
+        while let Some(Reverse((at, id, aggregate))) = self.settle.peek().copied()
             && at < now
         {
             self.settle.pop();
-            let Some(t) = self.events.remove(&id) else {
+            let Some(m) = self.aggregates.get_mut(&aggregate) else {
                 continue;
             };
+            let Some((t, seq)) = m
+                .events
+                .iter_mut()
+                .find(|e| e.event == id)
+                .and_then(|e| Some((e.tracked.take()?, e.seq)))
+            else {
+                continue;
+            };
+            m.tracked -= 1;
+            let settled = m.tracked == 0;
+            self.tracked_events -= 1;
             if t.first.is_none() {
-                let anomaly = self.unpublished(id, &t);
+                let anomaly = self.unpublished(id, aggregate, seq, &t);
                 Self::count_unpublished(&mut self.a, anomaly);
             }
-            if let Some(m) = self.aggregates.get_mut(&t.aggregate) {
-                m.tracked -= 1;
-                if m.tracked == 0
-                    && let Some(m) = self.aggregates.remove(&t.aggregate)
-                {
-                    Self::judge_order(&mut self.a, t.aggregate, &m.events);
-                }
+            if settled && let Some(m) = self.aggregates.remove(&aggregate) {
+                Self::judge_order(&mut self.a, aggregate, &m.events);
             }
         }
     }
@@ -692,14 +703,16 @@ impl Checker {
                 a.coverage.remove("generation_created");
             }
         }
-        let mut left: Vec<(&EventId, &Tracked)> = self
-            .events
+        let mut left: Vec<(AggregateId, &AggregateEvent, &Tracked)> = self
+            .aggregates
             .iter()
-            .filter(|(_, t)| t.first.is_none())
+            .flat_map(|(id, m)| m.events.iter().map(move |e| (*id, e)))
+            .filter_map(|(id, e)| Some((id, e, e.tracked.as_ref()?)))
+            .filter(|(_, _, t)| t.first.is_none())
             .collect();
-        left.sort_unstable_by_key(|(id, _)| **id);
-        for (id, t) in left {
-            Self::count_unpublished(&mut a, self.unpublished(*id, t));
+        left.sort_unstable_by_key(|(_, e, _)| e.event);
+        for (aggregate, e, t) in left {
+            Self::count_unpublished(&mut a, self.unpublished(e.event, aggregate, e.seq, t));
         }
         let mut aggregates: Vec<(&AggregateId, &AggregateState)> = self.aggregates.iter().collect();
         aggregates.sort_unstable_by_key(|(id, _)| **id);
