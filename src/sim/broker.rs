@@ -193,11 +193,56 @@ impl Sequence {
     }
 }
 
+/// Records per chunk of a partition's log.
+const CHUNK: usize = 1_024;
+
+/// A partition's log: appended at the back, trimmed at the front (retention), in fixed-size
+/// chunks, so a growing log never copies the records it already holds (a contiguous buffer
+/// would, at every doubling).
+#[derive(Debug, Default)]
+struct PartitionLog {
+    chunks: VecDeque<VecDeque<Record>>,
+    len: usize,
+}
+
+impl PartitionLog {
+    fn push_back(&mut self, r: Record) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < CHUNK => c.push_back(r),
+            _ => {
+                let mut c = VecDeque::with_capacity(CHUNK);
+                c.push_back(r);
+                self.chunks.push_back(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<&Record> {
+        self.chunks.front().and_then(VecDeque::front)
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(c) = self.chunks.front_mut() {
+            c.pop_front();
+            self.len -= 1;
+            // An emptied chunk goes; the next push starts a new one.
+            if c.is_empty() {
+                self.chunks.pop_front();
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Record> {
+        self.chunks.iter().flatten()
+    }
+}
+
 #[derive(Debug)]
 struct BrokerState {
     config: BrokerConfig,
     /// Per partition, the retained records (the first one's offset is the log start).
-    partitions: Vec<VecDeque<Record>>,
+    partitions: Vec<PartitionLog>,
     /// Per partition, the next offset.
     next_offset: Vec<u64>,
     /// Per partition, the latest acknowledgement time handed out.
@@ -224,7 +269,9 @@ enum Attempt {
 impl SimBroker {
     /// A broker with one topic. `config` must have been validated.
     pub fn new(config: BrokerConfig, rng: SimRng) -> Self {
-        let partitions = (0..config.partitions).map(|_| VecDeque::new()).collect();
+        let partitions = (0..config.partitions)
+            .map(|_| PartitionLog::default())
+            .collect();
         let partition_count = config.partitions as usize;
         SimBroker {
             state: Rc::new(RefCell::new(BrokerState {
@@ -307,12 +354,7 @@ impl SimBroker {
 
     /// Records retained in every partition.
     pub fn len(&self) -> usize {
-        self.state
-            .borrow()
-            .partitions
-            .iter()
-            .map(VecDeque::len)
-            .sum()
+        self.state.borrow().partitions.iter().map(|p| p.len).sum()
     }
 
     /// Whether the topic is empty.
