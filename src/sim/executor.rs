@@ -478,6 +478,41 @@ mod tests {
         assert!(err.to_string().contains("sleeper at "), "{err}");
     }
 
+    /// async-task's schedule: a task that wakes another and then itself during one poll runs
+    /// again after the other; a wake-up of a task already queued is absorbed.
+    #[test]
+    fn a_task_woken_while_running_is_queued_behind_what_it_woke() {
+        let clock = SimClock::new(Timestamp(0));
+        let mut ex = SimExecutor::new(clock, 1_000);
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let (tx, rx) = async_channel::unbounded::<u32>();
+        let l = log.clone();
+        ex.spawn("b", async move {
+            while let Ok(n) = rx.recv().await {
+                l.borrow_mut().push(format!("b{n}"));
+            }
+        })
+        .detach();
+        let l = log.clone();
+        let a = ex.spawn("a", async move {
+            for n in 0..3 {
+                l.borrow_mut().push(format!("a{n}"));
+                // Two sends, two wake-ups of `b`: it runs once for both.
+                tx.send(n).await.unwrap();
+                tx.send(n + 10).await.unwrap();
+                futures_lite::future::yield_now().await;
+            }
+        });
+        ex.block_on(a).unwrap();
+        assert_eq!(
+            *log.borrow(),
+            ["a0", "b0", "b10", "a1", "b1", "b11", "a2", "b2", "b12"]
+        );
+        // b parks on recv; a and b alternate three times; a finishes, dropping the sender; b
+        // sees the channel closed. Had the second send queued b twice, b would run 3 times more.
+        assert_eq!(ex.steps(), 1 + 3 + 3 + 1 + 1);
+    }
+
     #[test]
     fn a_task_waiting_on_nothing_is_reported_as_stalled() {
         let clock = SimClock::new(Timestamp(0));
