@@ -233,7 +233,10 @@ pub struct Checker {
     tracked_events: usize,
     orphans: BTreeMap<EventId, Orphan>,
     settle: BinaryHeap<Reverse<(Timestamp, EventId, AggregateId)>>,
-    aggregates: rustc_hash::FxHashMap<AggregateId, AggregateState>,
+    /// Boxed: under churn (aggregates settling as new ones arrive) the table's tombstones make
+    /// it double once although the count is steady, and a table of ~400-byte entries would
+    /// double by hundreds of MB on a long run.
+    aggregates: rustc_hash::FxHashMap<AggregateId, Box<AggregateState>>,
     last_failure: BTreeMap<u32, Timestamp>,
     up_intervals: Vec<(Timestamp, Option<Timestamp>)>,
     restarts: Vec<Timestamp>,
@@ -714,7 +717,8 @@ impl Checker {
         for (aggregate, e, t) in left {
             Self::count_unpublished(&mut a, self.unpublished(e.event, aggregate, e.seq, t));
         }
-        let mut aggregates: Vec<(&AggregateId, &AggregateState)> = self.aggregates.iter().collect();
+        let mut aggregates: Vec<(&AggregateId, &Box<AggregateState>)> =
+            self.aggregates.iter().collect();
         aggregates.sort_unstable_by_key(|(id, _)| **id);
         for (id, m) in aggregates {
             Self::judge_order(&mut a, *id, &m.events);
