@@ -69,6 +69,15 @@ impl Tripwire {
     }
 
     /// Records a hit of `trigger`; returns true if it fired (the caller must then never return).
+    /// Whether a publish can still fire a trigger (triggers are only ever disarmed, so a `false`
+    /// stays `false`).
+    fn watches_publishes(&self) -> bool {
+        self.armed
+            .borrow()
+            .iter()
+            .any(|(_, t, _)| matches!(t.trigger, Trigger::AfterPublish | Trigger::MidWindow))
+    }
+
     fn hit(&self, trigger: Trigger) -> bool {
         let now = self.clock.now();
         if now >= self.until {
@@ -199,6 +208,10 @@ impl Publisher for WiredPublisher {
         &'a self,
         event: &'a OutboxEvent,
     ) -> LocalFuture<'a, Result<Delivery, PublishError>> {
+        if !self.wire.watches_publishes() {
+            // Nothing to notice: the publisher's own future, without a wrapper around it.
+            return self.inner.publish(event);
+        }
         Box::pin(async move {
             let r = self.inner.publish(event).await;
             if r.is_ok() {
