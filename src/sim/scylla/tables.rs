@@ -102,18 +102,20 @@ impl<K: Ord + Copy, V> SortedRows<K, V> {
         self.rows.is_empty()
     }
 
-    /// Rows with keys in `(lo, hi)`, in key order.
-    fn range(&self, lo: Bound<K>, hi: Bound<K>) -> impl Iterator<Item = &(K, Stored<V>)> {
+    /// Rows with keys in `(lo, hi)`, in key order (both ends found by bisection, so the caller
+    /// knows the count up front).
+    fn range(&self, lo: Bound<K>, hi: Bound<K>) -> impl ExactSizeIterator<Item = &(K, Stored<V>)> {
         let start = match lo {
             Bound::Included(k) => self.rows.partition_point(|(r, _)| *r < k),
             Bound::Excluded(k) => self.rows.partition_point(|(r, _)| *r <= k),
             Bound::Unbounded => 0,
         };
-        self.rows.range(start..).take_while(move |(k, _)| match hi {
-            Bound::Included(h) => *k <= h,
-            Bound::Excluded(h) => *k < h,
-            Bound::Unbounded => true,
-        })
+        let end = match hi {
+            Bound::Included(k) => self.rows.partition_point(|(r, _)| *r <= k),
+            Bound::Excluded(k) => self.rows.partition_point(|(r, _)| *r < k),
+            Bound::Unbounded => self.rows.len(),
+        };
+        self.rows.range(start..end.max(start))
     }
 
     /// Drops expired rows from the front (rows expire roughly in key order; stragglers are
@@ -372,11 +374,15 @@ impl BaseTables {
         {
             return Vec::new();
         }
-        self.outbox
-            .range(lo, hi)
-            .filter(|(_, s)| s.readable(now))
-            .map(|(_, s)| OutboxEvent::clone(&s.value))
-            .collect()
+        let rows = self.outbox.range(lo, hi);
+        // Sized for every row in range (a few unreadable ones aside): a poll's page is
+        // thousands of rows, and growing the vector would copy them again and again.
+        let mut out = Vec::with_capacity(rows.len());
+        out.extend(
+            rows.filter(|(_, s)| s.readable(now))
+                .map(|(_, s)| OutboxEvent::clone(&s.value)),
+        );
+        out
     }
 
     /// Drops expired outbox rows from the front.
