@@ -23,7 +23,8 @@ struct Timer {
     id: u64,
     deadline: Timestamp,
     waker: Waker,
-    label: Rc<str>,
+    /// The arming task's label, an index into `State::labels`.
+    label: u32,
 }
 
 /// Where an armed timer lives: its slot and registration number.
@@ -42,7 +43,9 @@ struct State {
     slots: Vec<Option<Timer>>,
     free: Vec<u32>,
     armed: usize,
-    current_label: Rc<str>,
+    /// Task labels, registered once per task; timers refer to them by index.
+    labels: Vec<Rc<str>>,
+    current_label: u32,
     /// Wakers of the timers `advance` fires, reused between calls.
     due: Vec<Waker>,
 }
@@ -94,7 +97,7 @@ impl State {
             id,
             deadline,
             waker,
-            label: self.current_label.clone(),
+            label: self.current_label,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -144,7 +147,8 @@ impl SimClock {
                 slots: Vec::new(),
                 free: Vec::new(),
                 armed: 0,
-                current_label: Rc::from("main"),
+                labels: vec![Rc::from("main")],
+                current_label: 0,
                 due: Vec::new(),
             })),
         }
@@ -216,15 +220,22 @@ impl SimClock {
             .slots
             .iter()
             .flatten()
-            .map(|t| (t.deadline, t.label.to_string()))
+            .map(|t| (t.deadline, s.labels[t.label as usize].to_string()))
             .collect();
         v.sort();
         v
     }
 
     /// Labels timers armed from now on (the executor sets this around each task poll).
-    pub(crate) fn set_current_label(&self, label: Rc<str>) -> Rc<str> {
+    pub(crate) fn set_current_label(&self, label: u32) -> u32 {
         std::mem::replace(&mut self.state.borrow_mut().current_label, label)
+    }
+
+    /// Registers a task label for [`set_current_label`](Self::set_current_label).
+    pub(crate) fn register_label(&self, label: &str) -> u32 {
+        let mut s = self.state.borrow_mut();
+        s.labels.push(Rc::from(label));
+        (s.labels.len() - 1) as u32
     }
 }
 

@@ -77,7 +77,8 @@ impl std::error::Error for RuntimeError {}
 
 /// Wraps a task's future so timers it arms carry its label.
 struct Labeled<F> {
-    label: Rc<str>,
+    /// The label's number with the clock.
+    label: u32,
     clock: SimClock,
     inner: Pin<Box<F>>,
 }
@@ -85,7 +86,7 @@ struct Labeled<F> {
 impl<F: Future> Future for Labeled<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let prev = self.clock.set_current_label(self.label.clone());
+        let prev = self.clock.set_current_label(self.label);
         let out = self.inner.as_mut().poll(cx);
         self.clock.set_current_label(prev);
         out
@@ -278,7 +279,7 @@ impl SimExecutor {
             awaiter: None,
         }));
         let labeled = Labeled {
-            label: Rc::from(label),
+            label: self.clock.register_label(label),
             clock: self.clock.clone(),
             inner: Box::pin(fut),
         };
