@@ -68,7 +68,6 @@ impl Tripwire {
         (Rc::new(w), rx)
     }
 
-    /// Records a hit of `trigger`; returns true if it fired (the caller must then never return).
     /// Whether a publish can still fire a trigger (triggers are only ever disarmed, so a `false`
     /// stays `false`).
     fn watches_publishes(&self) -> bool {
@@ -78,6 +77,7 @@ impl Tripwire {
             .any(|(_, t, _)| matches!(t.trigger, Trigger::AfterPublish | Trigger::MidWindow))
     }
 
+    /// Records a hit of `trigger`; returns true if it fired (the caller must then never return).
     fn hit(&self, trigger: Trigger) -> bool {
         let now = self.clock.now();
         if now >= self.until {
