@@ -157,7 +157,9 @@ struct JoinState<T> {
 /// A spawned task's future, with its waker.
 struct Slot {
     future: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    waker: Arc<TaskWaker>,
+    task: Arc<TaskWaker>,
+    /// `task` as a waker, built once (a poll borrows it; no reference count per poll).
+    waker: Waker,
     /// The handle was dropped without [`Task::detach`]: drop the future at its next turn.
     cancelled: Rc<std::cell::Cell<bool>>,
 }
@@ -306,7 +308,8 @@ impl SimExecutor {
         });
         let slot = Slot {
             future: Some(future),
-            waker: waker.clone(),
+            task: waker.clone(),
+            waker: Waker::from(waker.clone()),
             cancelled: cancelled.clone(),
         };
         if id == tasks.slots.len() {
@@ -332,35 +335,29 @@ impl SimExecutor {
         };
         let tasks = self.tasks.get_mut();
         let slot = tasks.slots[id].as_mut().expect("a queued task exists");
-        let state = slot.waker.clone();
         if slot.cancelled.get() {
-            state.state.store(DONE, Ordering::Release);
+            slot.task.state.store(DONE, Ordering::Release);
             let slot = tasks.slots[id].take();
             tasks.free.push(id);
             drop(slot);
             return true;
         }
         let mut future = slot.future.take().expect("a queued task is not running");
-        state.state.store(RUNNING, Ordering::Release);
-        let waker = Waker::from(state.clone());
-        let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
-        let tasks = self.tasks.get_mut();
+        slot.task.state.store(RUNNING, Ordering::Release);
+        let poll = future.as_mut().poll(&mut Context::from_waker(&slot.waker));
         match poll {
             Poll::Ready(()) => {
-                state.state.store(DONE, Ordering::Release);
+                slot.task.state.store(DONE, Ordering::Release);
                 tasks.slots[id] = None;
                 tasks.free.push(id);
                 drop(future);
             }
             Poll::Pending => {
-                tasks.slots[id]
-                    .as_mut()
-                    .expect("a running task keeps its slot")
-                    .future = Some(future);
-                let prev = state.state.fetch_and(!RUNNING, Ordering::AcqRel);
+                slot.future = Some(future);
+                let prev = slot.task.state.fetch_and(!RUNNING, Ordering::AcqRel);
                 if prev & SCHEDULED != 0 {
                     // Woken while it ran: back in the queue, behind what it woke.
-                    state.push();
+                    slot.task.push();
                 }
             }
         }
