@@ -68,8 +68,8 @@ impl Tripwire {
         (Rc::new(w), rx)
     }
 
-    /// Whether a publish can still fire a trigger (triggers are only ever disarmed, so a `false`
-    /// stays `false`).
+    /// Whether a publish can still fire a trigger (a trigger is only disarmed by firing, which
+    /// ends the incarnation, so the answer holds for a whole incarnation).
     fn watches_publishes(&self) -> bool {
         self.armed
             .borrow()
@@ -131,10 +131,15 @@ impl Tripwire {
                 inner: checkpoints,
                 wire: self.clone(),
             }),
-            Rc::new(WiredPublisher {
-                inner: publisher,
-                wire: self.clone(),
-            }),
+            // With no publish trigger armed there is nothing to notice: the producer itself.
+            if self.watches_publishes() {
+                Rc::new(WiredPublisher {
+                    inner: publisher,
+                    wire: self.clone(),
+                })
+            } else {
+                publisher
+            },
         )
     }
 }
@@ -208,10 +213,6 @@ impl Publisher for WiredPublisher {
         &'a self,
         event: &'a OutboxEvent,
     ) -> LocalFuture<'a, Result<Delivery, PublishError>> {
-        if !self.wire.watches_publishes() {
-            // Nothing to notice: the publisher's own future, without a wrapper around it.
-            return self.inner.publish(event);
-        }
         Box::pin(async move {
             let r = self.inner.publish(event).await;
             if r.is_ok() {
