@@ -150,6 +150,25 @@ pub trait OutboxStore {
     /// Applies one logged batch (order row + outbox row).
     fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>>;
 
+    /// Whether this store decides a write the moment it arrives and the client then only waits
+    /// for the answer (the simulated cluster). Such a store implements [`write_settled`], and a
+    /// driver of many concurrent writes can run them without a future each.
+    ///
+    /// [`write_settled`]: OutboxStore::write_settled
+    fn settles_writes(&self) -> bool {
+        false
+    }
+
+    /// For a store that [settles writes](OutboxStore::settles_writes): applies `batch` now and
+    /// returns its outcome with how long the client waits for it. [`write`](OutboxStore::write)
+    /// is exactly this followed by that wait. Any other store hands the batch back.
+    fn write_settled(
+        &self,
+        batch: OrderBatch,
+    ) -> Result<(Result<Committed, StoreError>, std::time::Duration), OrderBatch> {
+        Err(batch)
+    }
+
     /// `SELECT * FROM outbox_messages WHERE created_at … ALLOW FILTERING`, all pages of it, rows
     /// with `from` ≤ row and `created_at < until`, sorted by `(created_at, id)` client-side (CQL
     /// cannot order across partitions). `page_size` sets how many requests the scan takes.

@@ -19,7 +19,7 @@ use rand::Rng;
 
 use crate::history::{History, OpKind};
 use crate::model::{AggregateId, EventId, EventType, OutboxEvent, Timestamp};
-use crate::ports::{Clock, OrderBatch, OutboxStore, StoreError, WriteTimestamp};
+use crate::ports::{Clock, Committed, OrderBatch, OutboxStore, StoreError, WriteTimestamp};
 use crate::seed::{SimRng, uuid_v4};
 
 /// Default retries of a transiently failed batch.
@@ -85,6 +85,44 @@ impl fmt::Display for WriteFailure {
 }
 
 impl std::error::Error for WriteFailure {}
+
+/// A write between its start and its result: the event, how it is stamped, attempts so far.
+#[derive(Debug)]
+struct PendingWrite {
+    event: OutboxEvent,
+    timestamp: Option<Timestamp>,
+    late: Option<Duration>,
+    attempt: u32,
+}
+
+/// A write in progress on a store that settles writes, waiting for its answer (or, after a
+/// transient failure, for its retry).
+#[derive(Debug)]
+pub struct SettledWrite {
+    write: PendingWrite,
+    answer: Option<Result<Committed, StoreError>>,
+}
+
+impl SettledWrite {
+    /// The order written.
+    pub fn order(&self) -> AggregateId {
+        self.write.event.aggregate_id
+    }
+
+    /// The event type written.
+    pub fn event_type(&self) -> EventType {
+        self.write.event.event_type
+    }
+}
+
+/// Where a settled write stands after a step.
+#[derive(Debug)]
+pub enum SettledStep {
+    /// Waiting until the time given (at or before now: resume at once).
+    Wait(SettledWrite, Timestamp),
+    /// Finished, as [`OrderWriter::write`] would have returned.
+    Done(Result<OutboxEvent, WriteFailure>),
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Progress {
@@ -209,6 +247,86 @@ impl OrderWriter {
         event_type: EventType,
         timestamp: Option<Timestamp>,
     ) -> Result<OutboxEvent, WriteFailure> {
+        let mut write = self.begin(order, event_type, timestamp)?;
+        let result = loop {
+            let result = self.store.write(self.batch(&write)).await;
+            if !self.retries(&mut write, &result) {
+                break result;
+            }
+            self.clock.sleep(self.config.retry_backoff).await;
+        };
+        self.finish(write, result)
+    }
+
+    /// The writer's clock reading.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Whether the store decides each write as it arrives, so writes can be driven with
+    /// [`start_settled`](OrderWriter::start_settled) instead of a future each.
+    pub fn settles_writes(&self) -> bool {
+        self.store.settles_writes()
+    }
+
+    /// Starts a write on a store that [settles writes](OrderWriter::settles_writes): what
+    /// [`write`](OrderWriter::write) does up to its first wait, with the same effects in the same
+    /// order. The caller resumes it with [`resume_settled`](OrderWriter::resume_settled) at the
+    /// returned time.
+    pub fn start_settled(&self, order: AggregateId, event_type: EventType) -> SettledStep {
+        match self.begin(order, event_type, None) {
+            Ok(write) => self.attempt_settled(write),
+            Err(e) => SettledStep::Done(Err(e)),
+        }
+    }
+
+    /// Resumes a settled write whose wait is over: a retry after a transient failure, or its
+    /// result.
+    pub fn resume_settled(&self, write: SettledWrite) -> SettledStep {
+        match write.answer {
+            None => self.attempt_settled(write.write),
+            Some(result) => {
+                let mut w = write.write;
+                if self.retries(&mut w, &result) {
+                    SettledStep::Wait(
+                        SettledWrite {
+                            write: w,
+                            answer: None,
+                        },
+                        self.clock.now() + self.config.retry_backoff,
+                    )
+                } else {
+                    SettledStep::Done(self.finish(w, result))
+                }
+            }
+        }
+    }
+
+    fn attempt_settled(&self, write: PendingWrite) -> SettledStep {
+        match self.store.write_settled(self.batch(&write)) {
+            Ok((answer, wait)) => SettledStep::Wait(
+                SettledWrite {
+                    write,
+                    answer: Some(answer),
+                },
+                self.clock.now() + wait,
+            ),
+            Err(_) => SettledStep::Done(self.finish(
+                write,
+                Err(StoreError::Rejected(
+                    "the store does not settle writes on arrival".into(),
+                )),
+            )),
+        }
+    }
+
+    /// Checks the order's lifecycle, claims its next sequence number and builds the event.
+    fn begin(
+        &self,
+        order: AggregateId,
+        event_type: EventType,
+        timestamp: Option<Timestamp>,
+    ) -> Result<PendingWrite, WriteFailure> {
         self.forget_expired();
         let seq = {
             let mut orders = self.orders.borrow_mut();
@@ -253,35 +371,56 @@ impl OrderWriter {
             }
             _ => None,
         };
-        let mut attempt = 0;
-        let result = loop {
-            let timestamp = match (timestamp, late) {
-                (Some(t), _) => WriteTimestamp::Client(t),
-                (None, Some(lateness)) => WriteTimestamp::Client(self.clock.now() - lateness),
-                (None, None) if self.config.client_timestamps => {
-                    let t = self
-                        .clock
-                        .now()
-                        .offset_micros(self.config.client_clock_skew_us)
-                        .0;
-                    let r = self.config.client_timestamp_resolution_us.max(1);
-                    WriteTimestamp::Client(Timestamp(t.div_euclid(r) * r))
-                }
-                (None, None) => WriteTimestamp::Coordinator,
-            };
-            let batch = OrderBatch {
-                status: event_type.status(),
-                event: event.clone(),
-                timestamp,
-            };
-            match self.store.write(batch).await {
-                Err(e) if e.is_transient() && attempt < self.config.retries => {
-                    attempt += 1;
-                    self.clock.sleep(self.config.retry_backoff).await;
-                }
-                other => break other,
+        Ok(PendingWrite {
+            event,
+            timestamp,
+            late,
+            attempt: 0,
+        })
+    }
+
+    /// The batch of the write's next attempt, stamped as the writer's policy says.
+    fn batch(&self, write: &PendingWrite) -> OrderBatch {
+        let timestamp = match (write.timestamp, write.late) {
+            (Some(t), _) => WriteTimestamp::Client(t),
+            (None, Some(lateness)) => WriteTimestamp::Client(self.clock.now() - lateness),
+            (None, None) if self.config.client_timestamps => {
+                let t = self
+                    .clock
+                    .now()
+                    .offset_micros(self.config.client_clock_skew_us)
+                    .0;
+                let r = self.config.client_timestamp_resolution_us.max(1);
+                WriteTimestamp::Client(Timestamp(t.div_euclid(r) * r))
             }
+            (None, None) => WriteTimestamp::Coordinator,
         };
+        OrderBatch {
+            status: write.event.event_type.status(),
+            event: write.event.clone(),
+            timestamp,
+        }
+    }
+
+    /// Whether a failed attempt is tried again (counting it).
+    fn retries(&self, write: &mut PendingWrite, result: &Result<Committed, StoreError>) -> bool {
+        match result {
+            Err(e) if e.is_transient() && write.attempt < self.config.retries => {
+                write.attempt += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Releases the order and records the write's outcome.
+    fn finish(
+        &self,
+        write: PendingWrite,
+        result: Result<Committed, StoreError>,
+    ) -> Result<OutboxEvent, WriteFailure> {
+        let PendingWrite { event, late, .. } = write;
+        let (order, seq, event_type) = (event.aggregate_id, event.seq, event.event_type);
         let now = self.clock.now();
         let mut orders = self.orders.borrow_mut();
         let p = orders.get_mut(&order).expect("registered above");

@@ -19,6 +19,7 @@ use crate::history::{History, OpKind};
 use crate::model::{AggregateId, OutboxEvent, Timestamp};
 use crate::ports::{Clock, Delivery, LocalFuture, PublishError, PublishErrorKind, Publisher};
 use crate::seed::SimRng;
+use crate::sim::clock::Parked;
 use crate::sim::scylla::ms;
 
 /// Kafka's `Utils.murmur2` (seed `0x9747b28c`), as the Java client's default partitioner uses it.
@@ -485,7 +486,8 @@ impl SimProducer {
         self.producer_id
     }
 
-    async fn send(&self, event: &OutboxEvent) -> Result<Delivery, PublishError> {
+    /// Starts sending `event`: picks its partition and producer sequence number.
+    fn begin(&self, event: &OutboxEvent) -> Send {
         let cfg = self.broker.config();
         // The key's text, encoded on the stack (the record derives it again on demand).
         let mut key = uuid::Uuid::encode_buffer();
@@ -500,71 +502,225 @@ impl SimProducer {
             *s += 1;
             *s
         };
-        let deadline = self.clock.now() + ms(cfg.delivery_timeout_ms);
-        loop {
-            let now = self.clock.now();
-            let (attempt, _) = self
-                .broker
-                .attempt(self.producer_id, partition, seq, event, now);
-            match attempt {
-                Attempt::Appended(d) => {
-                    let slow = self.broker.faults().slow_ack_ms;
-                    let ack_at = self
-                        .broker
-                        .ack_time(d.partition, now + ms(cfg.ack_latency_ms) + ms(slow));
-                    self.clock.sleep(ack_at.saturating_since(now)).await;
-                    self.history.record(
-                        self.clock.now(),
-                        OpKind::Published {
-                            event: event.id,
-                            aggregate: event.aggregate_id,
-                            seq: event.seq,
-                            partition: d.partition,
-                            offset: d.offset,
-                            incarnation: self.incarnation,
-                        },
-                    );
-                    return Ok(d);
-                }
-                Attempt::Fatal(why) => {
-                    self.broker.abandon(self.producer_id, partition, seq);
-                    self.clock.sleep(ms(cfg.ack_latency_ms)).await;
-                    self.history.record(
-                        self.clock.now(),
-                        OpKind::PublishFailed {
-                            event: event.id,
-                            incarnation: self.incarnation,
-                            transient: false,
-                        },
-                    );
-                    return Err(PublishError {
-                        event: event.id,
-                        kind: PublishErrorKind::Fatal(why),
-                    });
-                }
-                Attempt::Retry => {
-                    if self.clock.now() + ms(cfg.retry_backoff_ms) >= deadline {
-                        self.broker.abandon(self.producer_id, partition, seq);
-                        self.clock
-                            .sleep(deadline.saturating_since(self.clock.now()))
-                            .await;
-                        self.history.record(
-                            self.clock.now(),
-                            OpKind::PublishFailed {
-                                event: event.id,
-                                incarnation: self.incarnation,
-                                transient: true,
-                            },
-                        );
-                        return Err(PublishError {
-                            event: event.id,
-                            kind: PublishErrorKind::Timeout,
-                        });
+        Send {
+            partition,
+            seq,
+            deadline: self.clock.now() + ms(cfg.delivery_timeout_ms),
+            next: Next::Attempt,
+        }
+    }
+
+    /// Runs a send as far as it goes at the current instant: to its result, or to the time it
+    /// must be resumed (an acknowledgement, a retry backoff, the end of the delivery timeout).
+    /// A resume time at or before now means "resume at once", as a zero-length sleep would.
+    fn step(&self, send: &mut Send, event: &OutboxEvent) -> Step {
+        let cfg = self.broker.config();
+        let now = self.clock.now();
+        match std::mem::replace(&mut send.next, Next::Attempt) {
+            Next::Record(outcome) => Step::Done(self.record(event, outcome, now)),
+            Next::Attempt => {
+                let (attempt, _) =
+                    self.broker
+                        .attempt(self.producer_id, send.partition, send.seq, event, now);
+                match attempt {
+                    Attempt::Appended(d) => {
+                        let slow = self.broker.faults().slow_ack_ms;
+                        let ack_at = self
+                            .broker
+                            .ack_time(d.partition, now + ms(cfg.ack_latency_ms) + ms(slow));
+                        send.next = Next::Record(Outcome::Published(d));
+                        Step::Resume(ack_at)
                     }
-                    self.clock.sleep(ms(cfg.retry_backoff_ms)).await;
+                    Attempt::Fatal(why) => {
+                        self.broker
+                            .abandon(self.producer_id, send.partition, send.seq);
+                        send.next = Next::Record(Outcome::Fatal(why));
+                        Step::Resume(now + ms(cfg.ack_latency_ms))
+                    }
+                    Attempt::Retry if now + ms(cfg.retry_backoff_ms) >= send.deadline => {
+                        self.broker
+                            .abandon(self.producer_id, send.partition, send.seq);
+                        send.next = Next::Record(Outcome::TimedOut);
+                        Step::Resume(send.deadline)
+                    }
+                    Attempt::Retry => Step::Resume(now + ms(cfg.retry_backoff_ms)),
                 }
             }
         }
+    }
+
+    /// Records how a send ended and hands its result to the caller.
+    fn record(
+        &self,
+        event: &OutboxEvent,
+        outcome: Outcome,
+        now: Timestamp,
+    ) -> Result<Delivery, PublishError> {
+        let (op, result) = match outcome {
+            Outcome::Published(d) => (
+                OpKind::Published {
+                    event: event.id,
+                    aggregate: event.aggregate_id,
+                    seq: event.seq,
+                    partition: d.partition,
+                    offset: d.offset,
+                    incarnation: self.incarnation,
+                },
+                Ok(d),
+            ),
+            Outcome::Fatal(why) => (
+                OpKind::PublishFailed {
+                    event: event.id,
+                    incarnation: self.incarnation,
+                    transient: false,
+                },
+                Err(PublishErrorKind::Fatal(why)),
+            ),
+            Outcome::TimedOut => (
+                OpKind::PublishFailed {
+                    event: event.id,
+                    incarnation: self.incarnation,
+                    transient: true,
+                },
+                Err(PublishErrorKind::Timeout),
+            ),
+        };
+        self.history.record(now, op);
+        result.map_err(|kind| PublishError {
+            event: event.id,
+            kind,
+        })
+    }
+
+    async fn send(&self, event: &OutboxEvent) -> Result<Delivery, PublishError> {
+        let mut send = self.begin(event);
+        loop {
+            match self.step(&mut send, event) {
+                Step::Done(result) => return result,
+                Step::Resume(at) => {
+                    self.clock
+                        .sleep(at.saturating_since(self.clock.now()))
+                        .await
+                }
+            }
+        }
+    }
+}
+
+/// One record on its way: its partition, producer sequence number, delivery deadline, and what
+/// happens when it is next resumed.
+struct Send {
+    partition: u32,
+    seq: u64,
+    deadline: Timestamp,
+    next: Next,
+}
+
+enum Next {
+    Attempt,
+    Record(Outcome),
+}
+
+enum Outcome {
+    Published(Delivery),
+    Fatal(String),
+    TimedOut,
+}
+
+enum Step {
+    Done(Result<Delivery, PublishError>),
+    Resume(Timestamp),
+}
+
+/// `join_all` of up to this many futures polls every one on each wake, in order; of more, only
+/// the woken ones, in the order they were woken (futures-util's `SMALL`).
+const JOIN_ALL_SMALL: usize = 30;
+
+/// A batch of sends in one future: no boxed future, no task and, for sends resumed at the same
+/// time, one timer instead of one each. It runs exactly what `join_all` over [`SimProducer::send`]
+/// runs, in the same order: every send starts in the first poll, in order; then sends resume when
+/// their time comes, in the order `join_all` would poll them (by index for a small batch, by
+/// the order their timers were armed for a large one). Timers are armed in the same polls as the
+/// individual sends would arm theirs, and all wake the same task, so the task wakes at the same
+/// place among the other tasks as before: a run's history is unchanged.
+struct PublishAll<'a> {
+    producer: &'a SimProducer,
+    events: &'a [OutboxEvent],
+    sends: Vec<Send>,
+    results: Vec<Option<Result<Delivery, PublishError>>>,
+    /// Indices of the sends waiting to resume.
+    waiting: Parked<usize>,
+    left: usize,
+}
+
+impl<'a> PublishAll<'a> {
+    fn new(producer: &'a SimProducer, events: &'a [OutboxEvent]) -> Self {
+        PublishAll {
+            producer,
+            events,
+            sends: Vec::with_capacity(events.len()),
+            results: (0..events.len()).map(|_| None).collect(),
+            waiting: Parked::new(producer.clock.clone()),
+            left: events.len(),
+        }
+    }
+
+    /// Runs send `i` until it finishes or must wait for a later time.
+    fn run(&mut self, i: usize, cx: &mut std::task::Context<'_>) {
+        loop {
+            match self.producer.step(&mut self.sends[i], &self.events[i]) {
+                Step::Done(r) => {
+                    self.results[i] = Some(r);
+                    self.left -= 1;
+                    return;
+                }
+                Step::Resume(at) if at <= self.producer.clock.now() => continue,
+                Step::Resume(at) => {
+                    self.waiting.park(at, i, cx);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl std::future::Future for PublishAll<'_> {
+    type Output = Vec<Result<Delivery, PublishError>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        if this.sends.is_empty() && !this.events.is_empty() {
+            for i in 0..this.events.len() {
+                let send = this.producer.begin(&this.events[i]);
+                this.sends.push(send);
+                this.run(i, cx);
+            }
+        } else {
+            this.waiting.poll_timers(cx);
+            if this.events.len() <= JOIN_ALL_SMALL {
+                let mut due: Vec<usize> = std::iter::from_fn(|| this.waiting.pop_due()).collect();
+                due.sort_unstable();
+                for i in due {
+                    this.run(i, cx);
+                }
+            } else {
+                while let Some(i) = this.waiting.pop_due() {
+                    this.run(i, cx);
+                }
+            }
+        }
+        if this.left > 0 {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(
+            this.results
+                .iter_mut()
+                .map(|r| r.take().expect("every send finished"))
+                .collect(),
+        )
     }
 }
 
@@ -575,11 +731,111 @@ impl Publisher for SimProducer {
     ) -> LocalFuture<'a, Result<Delivery, PublishError>> {
         Box::pin(self.send(event))
     }
+
+    fn publish_all<'a>(
+        &'a self,
+        events: &'a [OutboxEvent],
+    ) -> LocalFuture<'a, Vec<Result<Delivery, PublishError>>> {
+        Box::pin(PublishAll::new(self, events))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Publishes three rounds of `n` records (`batched`: with `publish_all`, else with
+    /// `join_all` over `publish`) under produce errors, lost acks and a broker outage, while a
+    /// second producer sends alone. Returns every result, the history digest and its length.
+    fn rounds(batched: bool, n: usize) -> (Vec<Result<Delivery, PublishError>>, u64, usize) {
+        use crate::sim::SimBuilder;
+        use std::time::Duration;
+        let mut b = SimBuilder::new();
+        b.config_mut().broker.delivery_timeout_ms = 450;
+        let mut sim = b.build(crate::seed::Seed(5)).unwrap();
+        let broker = sim.broker();
+        broker.set_faults(BrokerFaults {
+            retriable_error_probability: 0.2,
+            lost_ack_probability: 0.1,
+            fatal_error_probability: 0.02,
+            ..BrokerFaults::default()
+        });
+        let event = |n: usize, seq: u64| OutboxEvent {
+            id: crate::model::EventId(uuid::Uuid::from_u128(n as u128 * 1_000 + seq as u128)),
+            aggregate_type: "Order".into(),
+            aggregate_id: AggregateId(uuid::Uuid::from_u128(n as u128)),
+            seq,
+            event_type: crate::model::EventType::OrderCreated,
+            payload: "{}".into(),
+            created_at: Timestamp::MIN,
+        };
+        let producer = broker.producer(sim.clock_port(), sim.history(), 1);
+        let other = broker.producer(sim.clock_port(), sim.history(), 2);
+        let clock = sim.clock_port();
+        let outage = {
+            let (clock, broker) = (sim.clock_port(), broker.clone());
+            sim.spawn("outage", async move {
+                clock.sleep(Duration::from_millis(130)).await;
+                broker.set_down(true);
+                clock.sleep(Duration::from_millis(240)).await;
+                broker.set_down(false);
+            })
+        };
+        let alone = {
+            let clock = sim.clock_port();
+            sim.spawn("alone", async move {
+                for i in 0..300 {
+                    let _ = other.publish(&event(10_000 + i % 7, i as u64)).await;
+                    clock.sleep(Duration::from_micros(1_999)).await;
+                }
+            })
+        };
+        let t = sim.spawn("rounds", async move {
+            let mut out = Vec::new();
+            for round in 0..3u64 {
+                let events: Vec<OutboxEvent> = (0..n).map(|i| event(i % 40, round)).collect();
+                let results = if batched {
+                    producer.publish_all(&events).await
+                } else {
+                    futures::future::join_all(events.iter().map(|e| producer.publish(e))).await
+                };
+                out.extend(results);
+                clock.sleep(Duration::from_millis(101)).await;
+            }
+            out
+        });
+        let out = sim.block_on(t).unwrap();
+        sim.block_on(alone).unwrap();
+        sim.block_on(outage).unwrap();
+        let history = sim.history();
+        (out, history.digest(), history.len())
+    }
+
+    /// `publish_all` runs exactly what `join_all` over `publish` runs, for a batch `join_all`
+    /// polls whole (up to 30) and for one it polls by wake-up: same results, same history op
+    /// for op, next to another producer's sends.
+    #[test]
+    fn publish_all_runs_exactly_as_join_all_of_publish() {
+        for n in [12, 30, 31, 200] {
+            let (results, digest, ops) = rounds(true, n);
+            let kinds = |f: fn(&Result<Delivery, PublishError>) -> bool| {
+                results.iter().filter(|r| f(r)).count()
+            };
+            assert!(kinds(|r| r.is_ok()) > 0, "n = {n}");
+            assert!(
+                kinds(|r| matches!(r, Err(e) if e.kind == PublishErrorKind::Timeout)) > 0,
+                "n = {n}: some sends time out"
+            );
+            if n >= 30 {
+                assert!(
+                    kinds(|r| matches!(r, Err(e) if matches!(e.kind, PublishErrorKind::Fatal(_))))
+                        > 0,
+                    "n = {n}: some sends fail for good"
+                );
+            }
+            assert_eq!(rounds(false, n), (results, digest, ops), "n = {n}");
+        }
+    }
 
     /// Records older than `retention.ms` are deleted on the next append to their partition;
     /// offsets keep counting from where they were.

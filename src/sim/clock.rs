@@ -291,3 +291,112 @@ impl Drop for Sleep {
         }
     }
 }
+/// Values parked until simulated times, for one future that runs many activities itself (a
+/// batch of sends, a set of writes) instead of a future each.
+///
+/// Values come out in order of (time, order parked), which is the order in which timers of
+/// those times would fire, and so the order a `FuturesUnordered` would poll futures woken by
+/// them. Each distinct time gets one timer, armed when the first value is parked for it, in the
+/// poll of the parking task; as every timer wakes that same task, it wakes at the same place
+/// among the other tasks as with one timer per value.
+pub struct Parked<T> {
+    clock: Rc<dyn Clock>,
+    /// Sorted by (time, order parked); parking is mostly at the back (waits of one length).
+    queue: VecDeque<(Timestamp, u64, T)>,
+    /// One armed timer per distinct time ahead, sorted by time.
+    timers: VecDeque<(Timestamp, SleepFuture)>,
+    waker: Option<Waker>,
+    parked: u64,
+}
+
+impl<T> std::fmt::Debug for Parked<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("values", &self.queue.len())
+            .field("timers", &self.timers.len())
+            .finish()
+    }
+}
+
+impl<T> Parked<T> {
+    /// Nothing parked yet.
+    pub fn new(clock: Rc<dyn Clock>) -> Self {
+        Parked {
+            clock,
+            queue: VecDeque::new(),
+            timers: VecDeque::new(),
+            waker: None,
+            parked: 0,
+        }
+    }
+
+    /// Values parked.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether nothing is parked.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Parks `value` until `at`, which must be after now, arming a timer for `at` if none is.
+    pub fn park(&mut self, at: Timestamp, value: T, cx: &mut Context<'_>) {
+        let key = (at, self.parked);
+        self.parked += 1;
+        let i = self.queue.len()
+            - self
+                .queue
+                .iter()
+                .rev()
+                .take_while(|(t, n, _)| (*t, *n) > key)
+                .count();
+        if i == self.queue.len() {
+            self.queue.push_back((at, key.1, value));
+        } else {
+            self.queue.insert(i, (at, key.1, value));
+        }
+        let j = match self.timers.back() {
+            Some((t, _)) if *t < at => self.timers.len(),
+            _ => self.timers.partition_point(|(t, _)| *t < at),
+        };
+        if self.timers.get(j).is_none_or(|(t, _)| *t != at) {
+            let mut sleep = self.clock.sleep(at.saturating_since(self.clock.now()));
+            let armed = Pin::new(&mut sleep).poll(cx).is_pending();
+            debug_assert!(armed, "parked until a time after now");
+            if j == self.timers.len() {
+                self.timers.push_back((at, sleep));
+            } else {
+                self.timers.insert(j, (at, sleep));
+            }
+        }
+        if self.waker.is_none() {
+            self.waker = Some(cx.waker().clone());
+        }
+    }
+
+    /// Call at the start of every poll: forgets fired timers, and hands the others the polling
+    /// task's waker if it changed.
+    pub fn poll_timers(&mut self, cx: &mut Context<'_>) {
+        let now = self.clock.now();
+        while self.timers.front().is_some_and(|(t, _)| *t <= now) {
+            self.timers.pop_front();
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            for (_, sleep) in &mut self.timers {
+                let _ = Pin::new(sleep).poll(cx);
+            }
+            self.waker = Some(cx.waker().clone());
+        }
+    }
+
+    /// The next value whose time has come, if any.
+    pub fn pop_due(&mut self) -> Option<T> {
+        let now = self.clock.now();
+        if self.queue.front().is_some_and(|(t, _, _)| *t <= now) {
+            self.queue.pop_front().map(|(_, _, v)| v)
+        } else {
+            None
+        }
+    }
+}

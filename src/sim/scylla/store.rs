@@ -43,6 +43,20 @@ impl SimStore {
 
     /// Runs one read request: fault check, the query against the state at arrival, then latency.
     /// `query` returns the value, the rows it read and the requests (pages) it took.
+    /// Applies a batch as it arrives; the answer comes after the write latency, or after the
+    /// timeout for a write that timed out.
+    fn settle(&self, batch: OrderBatch) -> (Result<Committed, StoreError>, std::time::Duration) {
+        let now = self.clock.now();
+        let mut s = self.cluster.state_mut();
+        let result = s.apply_batch(batch, now);
+        let wait = if result == Err(StoreError::Timeout) {
+            ms(s.cfg().write_timeout_ms)
+        } else {
+            ms(s.cfg().write_latency_ms)
+        };
+        (result, wait)
+    }
+
     async fn read<T>(
         &self,
         kind: QueryKind,
@@ -87,24 +101,21 @@ impl SimStore {
 impl OutboxStore for SimStore {
     fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>> {
         Box::pin(async move {
-            let now = self.clock.now();
-            let (result, latency, timeout) = {
-                let mut s = self.cluster.state_mut();
-                let r = s.apply_batch(batch, now);
-                (
-                    r,
-                    ms(s.cfg().write_latency_ms),
-                    ms(s.cfg().write_timeout_ms),
-                )
-            };
-            let wait = if result == Err(StoreError::Timeout) {
-                timeout
-            } else {
-                latency
-            };
+            let (result, wait) = self.settle(batch);
             self.clock.sleep(wait).await;
             result
         })
+    }
+
+    fn settles_writes(&self) -> bool {
+        true
+    }
+
+    fn write_settled(
+        &self,
+        batch: OrderBatch,
+    ) -> Result<(Result<Committed, StoreError>, std::time::Duration), OrderBatch> {
+        Ok(self.settle(batch))
     }
 
     fn scan_outbox(
