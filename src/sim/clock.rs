@@ -7,7 +7,7 @@
 //! waiting.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -36,7 +36,7 @@ struct State {
     /// Timers by deadline, each deadline's in registration order as (registration number,
     /// slot); entries of cancelled timers are skipped. Many timers share a deadline (a page of
     /// publishes acknowledged together), so they are queued and fired as one bucket.
-    queue: BTreeMap<Timestamp, VecDeque<(u64, u32)>>,
+    queue: VecDeque<(Timestamp, VecDeque<(u64, u32)>)>,
     /// Emptied buckets, reused.
     spare: Vec<VecDeque<(u64, u32)>>,
     /// Armed timers in reusable slots (no hashing on the hot path).
@@ -70,15 +70,15 @@ impl State {
             ..
         } = self;
         loop {
-            let mut first = queue.first_entry()?;
-            let bucket = first.get_mut();
+            let (deadline, bucket) = queue.front_mut()?;
             while let Some(&(id, slot)) = bucket.front() {
                 if is_armed(slots, (slot, id)) {
-                    return Some(*first.key());
+                    return Some(*deadline);
                 }
                 bucket.pop_front(); // cancelled: its Sleep was dropped
             }
-            spare.push(first.remove());
+            let (_, empty) = queue.pop_front().expect("front seen");
+            spare.push(empty);
         }
     }
 
@@ -111,10 +111,24 @@ impl State {
         };
         self.armed += 1;
         let State { queue, spare, .. } = self;
-        queue
-            .entry(deadline)
-            .or_insert_with(|| spare.pop().unwrap_or_default())
-            .push_back((id, slot));
+        // Deadlines mostly arrive in order (waits of one length), so the search starts at the
+        // back.
+        let i = match queue.back() {
+            Some((last, _)) if *last < deadline => queue.len(),
+            _ => queue.partition_point(|(t, _)| *t < deadline),
+        };
+        match queue.get_mut(i) {
+            Some((t, bucket)) if *t == deadline => bucket.push_back((id, slot)),
+            _ => {
+                let mut bucket = spare.pop().unwrap_or_default();
+                bucket.push_back((id, slot));
+                if i == queue.len() {
+                    queue.push_back((deadline, bucket));
+                } else {
+                    queue.insert(i, (deadline, bucket));
+                }
+            }
+        }
         (slot, id)
     }
 }
@@ -142,7 +156,7 @@ impl SimClock {
             state: Rc::new(RefCell::new(State {
                 now: start,
                 next_id: 0,
-                queue: BTreeMap::new(),
+                queue: VecDeque::new(),
                 spare: Vec::new(),
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -186,7 +200,7 @@ impl SimClock {
             let mut due = std::mem::take(&mut s.due);
             assert!(next >= s.now, "timer deadline {next} before now {}", s.now);
             s.now = next;
-            let (_, mut bucket) = s.queue.pop_first().expect("next_deadline found it");
+            let (_, mut bucket) = s.queue.pop_front().expect("next_deadline found it");
             for (id, slot) in bucket.drain(..) {
                 if let Some(t) = s.disarm((slot, id)) {
                     due.push(t.waker);
