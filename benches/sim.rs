@@ -7,22 +7,21 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use outbox_sim::check::analyze;
 use outbox_sim::relay::Preset;
-use outbox_sim::scenario::{Faults, Scenario, run, run_world};
+use outbox_sim::scenario::{Scenario, run, run_world};
 use outbox_sim::seed::Seed;
 
 /// The same allocator as the `outbox-sim` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `fixtures/scenarios/throughput.toml`: 500 orders/s for a simulated minute, a minute of drain,
+/// no faults.
 fn scenario() -> Scenario {
-    let mut s = Scenario::default_scenario();
-    s.name = "throughput".into();
-    s.duration_s = 60.0;
-    s.drain_s = 60.0;
-    s.faults = Faults::default();
-    s.workload.bursts.clear();
-    s.workload.orders_per_s = 500.0;
-    s
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/scenarios/throughput.toml"
+    );
+    Scenario::load(std::path::Path::new(path)).expect("the throughput scenario loads")
 }
 
 /// The writer alone (no relay): orders → batches → cluster (tables + CDC log) → history.

@@ -441,3 +441,28 @@ fn a_long_run_holds_only_what_its_ttls_keep() {
         "the last events are still within their settling time"
     );
 }
+
+/// The bench's throughput scenario file is the default scenario at 500 orders/s for a minute
+/// plus a minute of drain, with no faults and no burst, and it yields the 72,700 events the
+/// README's instruction counts are for.
+#[test]
+fn the_throughput_fixture_is_the_default_scenario_at_500_orders_without_faults() {
+    use outbox_sim::relay::Preset;
+    use outbox_sim::scenario::{Faults, Scenario, run};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/scenarios/throughput.toml"
+    );
+    let fixture = Scenario::load(std::path::Path::new(path)).unwrap();
+    let mut expected = Scenario::default_scenario();
+    expected.name = "throughput".into();
+    expected.duration_s = 60.0;
+    expected.drain_s = 60.0;
+    expected.faults = Faults::default();
+    expected.workload.bursts.clear();
+    expected.workload.orders_per_s = 500.0;
+    assert_eq!(fixture, expected);
+    let relay = Rc::new(Preset::PollSafe.relay(fixture.visibility_bound(), fixture.cdc_ttl()));
+    let report = run(&fixture, relay, Seed(1)).unwrap();
+    assert_eq!(report.committed, 72_700);
+}
