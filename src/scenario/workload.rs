@@ -344,65 +344,11 @@ async fn drive_writes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cdc::{LogPage, PageState, StreamGroup, StreamId};
-    use crate::model::OutboxEvent;
-    use crate::ports::{Committed, OrderBatch, OutboxStore, ScanFrom, StoreError};
+    use crate::ports::{OutboxStore, ScanFrom};
     use crate::seed::Seed;
     use crate::sim::SimBuilder;
-    use crate::sim::scylla::{Client, SimStore};
+    use crate::sim::scylla::Client;
     use crate::writer::WriterConfig;
-
-    /// The simulated store without its settled-write shortcut, so the driver runs a future per
-    /// write.
-    struct Unsettled(SimStore);
-
-    impl OutboxStore for Unsettled {
-        fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>> {
-            self.0.write(batch)
-        }
-        fn scan_outbox(
-            &self,
-            from: ScanFrom,
-            until: Timestamp,
-            page_size: usize,
-        ) -> LocalFuture<'_, Result<Vec<OutboxEvent>, StoreError>> {
-            self.0.scan_outbox(from, until, page_size)
-        }
-        fn peer_count(&self) -> LocalFuture<'_, Result<usize, StoreError>> {
-            self.0.peer_count()
-        }
-        fn generation_at(
-            &self,
-            t: Timestamp,
-        ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-            self.0.generation_at(t)
-        }
-        fn next_generation(
-            &self,
-            after: Timestamp,
-        ) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-            self.0.next_generation(after)
-        }
-        fn first_generation(&self) -> LocalFuture<'_, Result<Option<Timestamp>, StoreError>> {
-            self.0.first_generation()
-        }
-        fn stream_groups(
-            &self,
-            g: Timestamp,
-        ) -> LocalFuture<'_, Result<Vec<StreamGroup>, StoreError>> {
-            self.0.stream_groups(g)
-        }
-        fn read_log<'a>(
-            &'a self,
-            streams: &'a [StreamId],
-            from: Timestamp,
-            to: Timestamp,
-            page: Option<PageState>,
-            page_size: usize,
-        ) -> LocalFuture<'a, Result<LogPage, StoreError>> {
-            self.0.read_log(streams, from, to, page, page_size)
-        }
-    }
 
     /// Drives 20 simulated seconds of orders with a burst, then write timeouts (so retries and
     /// failures), with a reader polling the outbox alongside, which shares the cluster and the clock.
@@ -417,20 +363,13 @@ mod tests {
                 cluster.set_write_timeout_probability(0.0);
             })
         };
-        let store = sim.store(Client::Writer);
-        let store: Rc<dyn OutboxStore> = if settled {
-            Rc::new(store)
-        } else {
-            Rc::new(Unsettled(store))
-        };
         let writer = Rc::new(OrderWriter::new(
-            store,
+            Rc::new(sim.store(Client::Writer)),
             sim.clock_port(),
             sim.history(),
             sim.rng("writer"),
             WriterConfig::default(),
         ));
-        assert_eq!(writer.settles_writes(), settled);
         let start = sim.now();
         let config = WorkloadConfig {
             orders_per_s: 400.0,
@@ -461,17 +400,21 @@ mod tests {
             }
             seen
         });
-        let t = sim.spawn(
-            "w",
-            drive(
-                writer,
-                sim.clock_port(),
-                sim.rng("workload"),
-                config,
-                start,
-                end,
-            ),
-        );
+        let (clock, rng) = (sim.clock_port(), sim.rng("workload"));
+        let t = if settled {
+            assert!(writer.settles_writes());
+            sim.spawn("w", drive(writer, clock, rng, config, start, end))
+        } else {
+            // A future per write, as on a store that answers asynchronously.
+            let writes = WriteFutures {
+                writer: writer.clone(),
+                set: FuturesUnordered::new(),
+            };
+            sim.spawn(
+                "w",
+                drive_writes(writes, writer, clock, rng, config, start, end),
+            )
+        };
         let summary = sim.block_on(t).expect("runs");
         let seen = sim.block_on(reads).expect("runs");
         sim.block_on(faults).expect("runs");
