@@ -506,6 +506,8 @@ impl SimProducer {
             partition,
             seq,
             deadline: self.clock.now() + ms(cfg.delivery_timeout_ms),
+            ack_latency: ms(cfg.ack_latency_ms),
+            retry_backoff: ms(cfg.retry_backoff_ms),
             next: Next::Attempt,
         }
     }
@@ -514,7 +516,6 @@ impl SimProducer {
     /// must be resumed (an acknowledgement, a retry backoff, the end of the delivery timeout).
     /// A resume time at or before now means "resume at once", as a zero-length sleep would.
     fn step(&self, send: &mut Send, event: &OutboxEvent) -> Step {
-        let cfg = self.broker.config();
         let now = self.clock.now();
         match std::mem::replace(&mut send.next, Next::Attempt) {
             Next::Record(outcome) => Step::Done(self.record(event, outcome, now)),
@@ -527,7 +528,7 @@ impl SimProducer {
                         let slow = self.broker.faults().slow_ack_ms;
                         let ack_at = self
                             .broker
-                            .ack_time(d.partition, now + ms(cfg.ack_latency_ms) + ms(slow));
+                            .ack_time(d.partition, now + send.ack_latency + ms(slow));
                         send.next = Next::Record(Outcome::Published(d));
                         Step::Resume(ack_at)
                     }
@@ -535,15 +536,15 @@ impl SimProducer {
                         self.broker
                             .abandon(self.producer_id, send.partition, send.seq);
                         send.next = Next::Record(Outcome::Fatal(why));
-                        Step::Resume(now + ms(cfg.ack_latency_ms))
+                        Step::Resume(now + send.ack_latency)
                     }
-                    Attempt::Retry if now + ms(cfg.retry_backoff_ms) >= send.deadline => {
+                    Attempt::Retry if now + send.retry_backoff >= send.deadline => {
                         self.broker
                             .abandon(self.producer_id, send.partition, send.seq);
                         send.next = Next::Record(Outcome::TimedOut);
                         Step::Resume(send.deadline)
                     }
-                    Attempt::Retry => Step::Resume(now + ms(cfg.retry_backoff_ms)),
+                    Attempt::Retry => Step::Resume(now + send.retry_backoff),
                 }
             }
         }
@@ -607,12 +608,14 @@ impl SimProducer {
     }
 }
 
-/// One record on its way: its partition, producer sequence number, delivery deadline, and what
-/// happens when it is next resumed.
+/// One record on its way: its partition, producer sequence number, delivery deadline, the
+/// producer's timings as they were when it started, and what happens when it is next resumed.
 struct Send {
     partition: u32,
     seq: u64,
     deadline: Timestamp,
+    ack_latency: std::time::Duration,
+    retry_backoff: std::time::Duration,
     next: Next,
 }
 
