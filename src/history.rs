@@ -159,10 +159,25 @@ pub struct History {
 
 struct Inner {
     ops: Option<Vec<Op>>,
+    pending: Vec<Op>,
     last_at: Option<Timestamp>,
     len: usize,
     digest: foldhash::quality::FoldHasher<'static>,
     checker: Checker,
+}
+
+/// Ops recorded but not yet shown to the checker: it takes them in batches, so it can fetch the
+/// state an op needs a few ops ahead (see [`Checker::observe_all`]).
+const PENDING: usize = 64;
+
+impl Inner {
+    fn flush(&mut self) {
+        self.checker.observe_all(&self.pending);
+        match &mut self.ops {
+            Some(ops) => ops.append(&mut self.pending),
+            None => self.pending.clear(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -171,6 +186,7 @@ impl std::fmt::Debug for Inner {
             .field("len", &self.len)
             .field("keeps_ops", &self.ops.is_some())
             .field("tracked", &self.checker.tracked())
+            .field("pending", &self.pending.len())
             .finish()
     }
 }
@@ -196,6 +212,7 @@ impl History {
         History {
             inner: Rc::new(RefCell::new(Inner {
                 ops: keep.then(Vec::new),
+                pending: Vec::with_capacity(PENDING),
                 last_at: None,
                 len: 0,
                 digest: DIGEST_SEED.build_hasher(),
@@ -213,11 +230,20 @@ impl History {
         }
         let op = Op { at, kind };
         op.hash(&mut inner.digest);
-        inner.checker.observe(&op);
         inner.last_at = Some(at);
         inner.len += 1;
-        if let Some(ops) = &mut inner.ops {
-            ops.push(op);
+        inner.pending.push(op);
+        if inner.pending.len() == PENDING {
+            inner.flush();
+        }
+    }
+
+    /// Shows the checker every op recorded so far. Borrows mutably only if some are pending, so
+    /// it never conflicts with a `Ref` from [`ops`](Self::ops) (nothing is recorded while one
+    /// is held).
+    fn flush(&self) {
+        if !self.inner.borrow().pending.is_empty() {
+            self.inner.borrow_mut().flush();
         }
     }
 
@@ -231,6 +257,7 @@ impl History {
     /// # Panics
     /// If the history was made with [`History::streaming`], which keeps none.
     pub fn ops(&self) -> Ref<'_, Vec<Op>> {
+        self.flush();
         Ref::map(self.inner.borrow(), |i| {
             i.ops
                 .as_ref()
@@ -240,16 +267,19 @@ impl History {
 
     /// The checker's analysis of everything recorded so far.
     pub fn analysis(&self) -> Analysis {
+        self.flush();
         self.inner.borrow().checker.analysis()
     }
 
     /// The CDF of delivery latencies recorded so far (see [`Checker::delivery_cdf`]).
     pub fn delivery_cdf(&self) -> Vec<(f64, f64)> {
+        self.flush();
         self.inner.borrow().checker.delivery_cdf()
     }
 
     /// Events the checker still tracks (bounded by the TTL on a long run).
     pub fn tracked_events(&self) -> usize {
+        self.flush();
         self.inner.borrow().checker.tracked()
     }
 
@@ -267,5 +297,68 @@ impl History {
     /// equal histories within one build of the crate).
     pub fn digest(&self) -> u64 {
         self.inner.borrow().digest.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::analyze;
+    use uuid::Uuid;
+
+    /// The checker takes ops in batches, yet whatever reads the history sees every op recorded
+    /// so far: after each of 167 ops (two batches and a part), the analysis, the tracked count
+    /// and the ops are those of the whole prefix.
+    #[test]
+    fn readers_see_every_op_recorded_so_far() {
+        let h = History::new();
+        let mut ops = Vec::new();
+        let mut record = |at: i64, kind: OpKind| {
+            h.record(Timestamp(at), kind.clone());
+            ops.push(Op {
+                at: Timestamp(at),
+                kind,
+            });
+            assert_eq!(h.analysis(), analyze(&ops), "after {} ops", ops.len());
+            assert_eq!(h.len(), ops.len());
+            assert_eq!(*h.ops(), ops);
+        };
+        record(0, OpKind::RelayStarted { incarnation: 1 });
+        for k in 0..100u64 {
+            let (event, aggregate) = (
+                EventId(Uuid::from_u64_pair(1, k)),
+                AggregateId(Uuid::from_u64_pair(2, k % 30)),
+            );
+            let at = 1_000 * (k as i64 + 1);
+            record(
+                at,
+                OpKind::Committed {
+                    event,
+                    aggregate,
+                    seq: k / 30 + 1,
+                    write_ts: Timestamp(at - 500),
+                    visible_at: Timestamp(at),
+                    expires_at: Timestamp::MAX,
+                    late: false,
+                },
+            );
+            // Every third event stays unpublished, so the tracked count keeps changing.
+            if k % 3 != 0 {
+                record(
+                    at + 200,
+                    OpKind::Published {
+                        event,
+                        aggregate,
+                        seq: k / 30 + 1,
+                        partition: 0,
+                        offset: k,
+                        incarnation: 1,
+                    },
+                );
+            }
+        }
+        let unpublished = 34;
+        assert_eq!(h.analysis().lost, unpublished);
+        assert_eq!(h.tracked_events(), 100);
     }
 }

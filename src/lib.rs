@@ -1,13 +1,14 @@
 //! outbox-sim: the transactional-outbox pipeline on ScyllaDB CDC and Kafka, and a deterministic
 //! harness that measures and breaks it.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod cdc;
 pub mod check;
 pub mod front;
 pub mod history;
+mod prefetch;
 
 pub mod hunt;
 pub mod live;

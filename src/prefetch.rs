@@ -1,0 +1,19 @@
+//! A software prefetch: a hint to start loading a cache line, for lookups whose keys are known
+//! some steps before they are needed.
+
+/// Starts loading the `lines` cache lines from `ptr` into the cache, without waiting for them.
+#[inline(always)]
+pub(crate) fn prefetch<T>(ptr: *const T, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for i in 0..lines {
+        let p = (ptr as *const u8).wrapping_add(i * 64) as *const i8;
+        // SAFETY: a prefetch is only a hint: it neither reads nor writes memory as far as the
+        // program can observe, and it never faults, whatever the address.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, lines);
+}
