@@ -27,7 +27,6 @@
 mod anomaly;
 #[cfg(test)]
 mod oracle;
-mod table;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -244,7 +243,7 @@ pub struct Checker {
     settle: BinaryHeap<Reverse<(Timestamp, EventId, AggregateId)>>,
     /// Boxed states, so the table's slots stay small (24 bytes) and a slot and its state are
     /// two lines to prefetch.
-    aggregates: table::AggregateTable<AggregateState>,
+    aggregates: crate::table::PrefetchMap<AggregateId, Box<AggregateState>>,
     last_failure: BTreeMap<u32, Timestamp>,
     up_intervals: Vec<(Timestamp, Option<Timestamp>)>,
     restarts: Vec<Timestamp>,
@@ -301,14 +300,14 @@ impl Checker {
         const STEP: usize = 8;
         for (k, op) in ops.iter().enumerate() {
             if let Some(aggregate) = ops.get(k + 2 * STEP).and_then(aggregate_of) {
-                self.aggregates.prefetch_slot(aggregate);
+                self.aggregates.prefetch(aggregate);
             }
             if let Some(state) = ops
                 .get(k + STEP)
                 .and_then(aggregate_of)
                 .and_then(|a| self.aggregates.get(a))
             {
-                crate::prefetch::prefetch(state, size_of::<AggregateState>().div_ceil(64));
+                crate::prefetch::prefetch(&**state, size_of::<AggregateState>().div_ceil(64));
             }
             self.observe(op);
         }
@@ -428,7 +427,7 @@ impl Checker {
             t.last = Some(o.last);
             self.first_delivery(&t);
         }
-        let agg = self.aggregates.get_or_default(aggregate);
+        let agg = self.aggregates.get_or_insert_with(aggregate, Box::default);
         agg.tracked += 1;
         let e = match agg.events.iter().position(|e| e.event == event) {
             Some(i) => {
@@ -473,7 +472,7 @@ impl Checker {
         let now = (at, incarnation);
         // The event's entry in its aggregate (made here if the commit is not seen yet), with the
         // lowest offset of its records for the ordering check.
-        let agg = self.aggregates.get_or_default(aggregate);
+        let agg = self.aggregates.get_or_insert_with(aggregate, Box::default);
         let i = match agg.events.iter().position(|e| e.event == event) {
             Some(i) => i,
             None => {
@@ -746,7 +745,8 @@ impl Checker {
         for (aggregate, e, t) in left {
             Self::count_unpublished(&mut a, self.unpublished(e.event, aggregate, e.seq, t));
         }
-        let mut aggregates: Vec<(&AggregateId, &AggregateState)> = self.aggregates.iter().collect();
+        let mut aggregates: Vec<(&AggregateId, &Box<AggregateState>)> =
+            self.aggregates.iter().collect();
         aggregates.sort_unstable_by_key(|(id, _)| **id);
         for (id, m) in aggregates {
             Self::judge_order(&mut a, *id, &m.events);

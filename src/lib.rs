@@ -9,6 +9,7 @@ pub mod check;
 pub mod front;
 pub mod history;
 mod prefetch;
+mod table;
 
 pub mod hunt;
 pub mod live;

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::cdc::{LogPage, PageState, StreamGroup, StreamId};
-use crate::model::{Cursor, EventId, OrderStatus, OutboxEvent, Timestamp};
+use crate::model::{AggregateId, Cursor, EventId, OrderStatus, OutboxEvent, Timestamp};
 
 /// A boxed, single-threaded future: what every port method returns.
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
@@ -149,6 +149,10 @@ pub enum ScanFrom {
 pub trait OutboxStore {
     /// Applies one logged batch (order row + outbox row).
     fn write(&self, batch: OrderBatch) -> LocalFuture<'_, Result<Committed, StoreError>>;
+
+    /// A hint that `order` is written soon: the store may start loading what that write will
+    /// touch. Changes nothing; by default it does nothing.
+    fn prepare_write(&self, _order: AggregateId) {}
 
     /// Whether this store decides a write the moment it arrives and the client then only waits
     /// for the answer (the simulated cluster). Such a store implements [`write_settled`], and a

@@ -21,6 +21,7 @@ use crate::history::{History, OpKind};
 use crate::model::{AggregateId, EventId, EventType, OutboxEvent, Timestamp};
 use crate::ports::{Clock, Committed, OrderBatch, OutboxStore, StoreError, WriteTimestamp};
 use crate::seed::{SimRng, uuid_v4};
+use crate::table::PrefetchMap;
 
 /// Default retries of a transiently failed batch.
 pub const DEFAULT_WRITE_RETRIES: u32 = 3;
@@ -138,7 +139,7 @@ pub struct OrderWriter {
     history: History,
     rng: RefCell<SimRng>,
     // Point lookups only, so a hash map keeps runs deterministic.
-    orders: RefCell<rustc_hash::FxHashMap<AggregateId, Progress>>,
+    orders: RefCell<PrefetchMap<AggregateId, Progress>>,
     /// Finished orders by the time their `orders` row expires, when the writer forgets them.
     finished: RefCell<BinaryHeap<Reverse<(Timestamp, AggregateId)>>>,
     /// `"Order"`, the routing column of every event.
@@ -224,6 +225,13 @@ impl OrderWriter {
             config,
             late_writes: Cell::new(None),
         }
+    }
+
+    /// A hint that `order` is written next (or soon): start loading what its write will look up,
+    /// here and in the store. Changes nothing else.
+    pub fn prepare(&self, order: AggregateId) {
+        self.orders.borrow().prefetch(&order);
+        self.store.prepare_write(order);
     }
 
     /// A fresh order id.
@@ -330,7 +338,7 @@ impl OrderWriter {
         self.forget_expired();
         let seq = {
             let mut orders = self.orders.borrow_mut();
-            let p = orders.entry(order).or_insert(Progress {
+            let p = orders.get_or_insert_with(order, || Progress {
                 last_seq: 0,
                 last: None,
                 busy: false,
@@ -623,7 +631,7 @@ mod tests {
             other => panic!("expected a rejection, got {other:?}"),
         }
         let s = cluster.state();
-        assert!(!s.tables.orders.contains_key(&o));
+        assert!(s.tables.order(&o).is_none());
         assert_eq!(s.tables.outbox_len(), 0);
         assert!(s.log.is_empty());
         drop(s);

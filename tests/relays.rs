@@ -259,7 +259,7 @@ fn resume_from(
     let mut sim = small_sim(24);
     let t0 = sim.now();
     let checkpoints = sim.checkpoints(1);
-    let groups = sim.cluster().state().topology.generations[0].groups.clone();
+    let groups = sim.cluster().state().topology.generations[0].groups().to_vec();
     let g0 = sim.cluster().state().topology.generations[0].start;
     let g = groups.clone();
     let seed = sim.spawn("seed", async move {
@@ -327,7 +327,7 @@ fn the_saver_first_rewinds_to_the_lower_timestamp() {
     // scylla-cdc pitfall §2.6.3: right after a restart the saver writes `lower` for every stream.
     let mut sim = small_sim(25);
     let checkpoints = sim.checkpoints(1);
-    let stream = sim.cluster().state().topology.generations[0].groups[0].streams[0];
+    let stream = sim.cluster().state().topology.generations[0].groups()[0].streams[0];
     let t0 = sim.now();
     let t = sim.spawn("seed", async move {
         checkpoints

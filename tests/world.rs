@@ -414,7 +414,7 @@ fn a_long_run_holds_only_what_its_ttls_keep() {
     let cluster = sim.cluster();
     let (orders, log_rows) = {
         let s = cluster.state();
-        (s.tables.orders.len(), s.log.len())
+        (s.tables.order_rows(), s.log.len())
     };
     // 30 s of a ~1,500 s run, plus purge lag (every 4,096 writes) and orders mid-lifecycle.
     assert!(

@@ -264,6 +264,8 @@ async fn drive_writes(
     // The sleep towards the next due arrival or step, kept across completions while that
     // deadline stands (most completions do not move it), instead of a new timer per completion.
     let mut wait: Option<(Timestamp, SleepFuture)> = None;
+    // The agenda's next step, once the writer has been told it comes (see `OrderWriter::prepare`).
+    let mut prepared = 0u64;
     loop {
         let now = clock.now();
         // Admit everything due, as capacity allows.
@@ -288,6 +290,12 @@ async fn drive_writes(
                 break;
             };
             in_flight.push(order, event_type);
+        }
+        if let Some((&(_, step), &(order, _))) = agenda.first_key_value()
+            && step != prepared
+        {
+            prepared = step;
+            writer.prepare(order);
         }
         let next_due = [
             (next_arrival < end).then_some(next_arrival),

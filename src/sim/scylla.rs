@@ -34,9 +34,9 @@ pub use generations::{Generation, Node, Topology};
 pub use store::{SimCheckpoints, SimStore};
 pub use tables::{BaseTables, CdcLog, CheckpointTable};
 
-use crate::cdc::CdcTime;
+use crate::cdc::{CdcTime, StreamId};
 use crate::history::{History, OpKind};
-use crate::model::{Order, OutboxEvent, Timestamp};
+use crate::model::{AggregateId, Order, OutboxEvent, Timestamp};
 use crate::ports::{Committed, OrderBatch, StoreError, WriteTimestamp};
 use crate::seed::{SimRng, uniform_duration};
 
@@ -438,6 +438,21 @@ impl ClusterState {
         &self.config
     }
 
+    /// The CDC stream of `order`'s partition in generation `gen_idx`.
+    fn stream_of(&self, gen_idx: usize, order: AggregateId) -> StreamId {
+        let token = token::murmur3_token(order.0.as_bytes());
+        self.topology.generations[gen_idx].stream_for(token)
+    }
+
+    /// Starts loading what a write of `order` looks up: its `orders` row and its CDC stream's
+    /// partition (in the newest generation). A hint: changes nothing.
+    pub(crate) fn prefetch_write(&self, order: AggregateId) {
+        self.tables.prefetch_order(order);
+        if let Some(newest) = self.topology.generations.len().checked_sub(1) {
+            self.log.prefetch_stream(self.stream_of(newest, order));
+        }
+    }
+
     /// Applies the writer's batch at `now`: both rows and the log row, or nothing.
     pub(crate) fn apply_batch(
         &mut self,
@@ -494,8 +509,7 @@ impl ClusterState {
             created_at: ts,
             ..batch.event
         });
-        let token = token::murmur3_token(event.aggregate_id.0.as_bytes());
-        let stream_id = self.topology.generations[gen_idx].stream_for(token);
+        let stream_id = self.stream_of(gen_idx, event.aggregate_id);
         let time = CdcTime {
             micros: ts.0,
             lsb: self.rng.random(),
@@ -506,7 +520,7 @@ impl ClusterState {
             last_seq: event.seq,
             updated_at: ts,
         };
-        if let Some(prev) = self.tables.orders.get(&order.id) {
+        if let Some(prev) = self.tables.order(&order.id) {
             assert_eq!(
                 prev.last_seq + 1,
                 event.seq,

@@ -34,7 +34,13 @@ pub struct Generation {
     /// When it was announced (the row became readable).
     pub announced_at: Timestamp,
     /// One group per vnode, sorted by `range_end`.
-    pub groups: Vec<StreamGroup>,
+    groups: Vec<StreamGroup>,
+    /// The same groups laid flat for [`stream_for`](Self::stream_for), which runs on every
+    /// write: the range ends alone (a bisection touches a few lines of them), and every stream
+    /// in one vector, group after group, with each group's first index and count.
+    ends: Vec<i64>,
+    spans: Vec<(u32, u32)>,
+    streams: Vec<StreamId>,
     ignore_msb: u32,
 }
 
@@ -69,25 +75,39 @@ impl Generation {
                 streams,
             });
         }
+        let mut spans = Vec::with_capacity(groups.len());
+        let mut streams = Vec::new();
+        for g in &groups {
+            spans.push((streams.len() as u32, g.streams.len() as u32));
+            streams.extend_from_slice(&g.streams);
+        }
         Generation {
             start,
             announced_at,
+            ends: groups.iter().map(|g| g.range_end).collect(),
+            spans,
+            streams,
             groups,
             ignore_msb,
         }
     }
 
+    /// One group per vnode, sorted by `range_end`.
+    pub fn groups(&self) -> &[StreamGroup] {
+        &self.groups
+    }
+
     /// The stream a partition with this token writes to.
     pub fn stream_for(&self, token: i64) -> StreamId {
-        let i = self.groups.partition_point(|g| g.range_end < token);
-        let group = &self.groups[if i == self.groups.len() { 0 } else { i }];
-        let shard = shard_of(token, group.streams.len() as u32, self.ignore_msb);
-        group.streams[shard as usize]
+        let i = self.ends.partition_point(|end| *end < token);
+        let (first, count) = self.spans[if i == self.ends.len() { 0 } else { i }];
+        let shard = shard_of(token, count, self.ignore_msb);
+        self.streams[(first + shard) as usize]
     }
 
     /// Every stream of this generation.
     pub fn streams(&self) -> impl Iterator<Item = StreamId> + '_ {
-        self.groups.iter().flat_map(|g| g.streams.iter().copied())
+        self.streams.iter().copied()
     }
 }
 
@@ -223,11 +243,11 @@ mod tests {
         let mut rng = Seed(3).rng("t");
         let t = topo(&mut rng);
         let g = &t.generations[0];
-        assert_eq!(g.groups.len(), 768);
+        assert_eq!(g.groups().len(), 768);
         assert_eq!(g.streams().count(), 3072);
-        let mut prev = g.groups.last().unwrap().range_end;
+        let mut prev = g.groups().last().unwrap().range_end;
         let mut fallbacks = 0;
-        for (i, group) in g.groups.iter().enumerate() {
+        for (i, group) in g.groups().iter().enumerate() {
             for (j, s) in group.streams.iter().enumerate() {
                 assert_eq!(s.vnode_index(), i as u32);
                 assert_eq!(s.version(), 1);
@@ -268,7 +288,7 @@ mod tests {
         let mut t = topo(&mut rng);
         t.join(4, 0, Timestamp(10), Timestamp(65_000_000), &mut rng);
         let (g0, g1) = (&t.generations[0], &t.generations[1]);
-        assert_eq!(g1.groups.len(), 1024);
+        assert_eq!(g1.groups().len(), 1024);
         let s0: std::collections::BTreeSet<_> = g0.streams().collect();
         let s1: std::collections::BTreeSet<_> = g1.streams().collect();
         assert!(s0.is_disjoint(&s1), "stream ids are fresh per generation");
@@ -285,9 +305,13 @@ mod tests {
             assert!(s0.contains(&a) && !s1.contains(&a));
             assert!(s1.contains(&b) && !s0.contains(&b));
             // the stream's group is the vnode owning the token, and the same token lands on the same shard
-            let owner = g1.groups.iter().find(|gr| gr.streams.contains(&b)).unwrap();
-            let i = g1.groups.partition_point(|gr| gr.range_end < token) % g1.groups.len();
-            assert_eq!(owner.range_end, g1.groups[i].range_end);
+            let owner = g1
+                .groups()
+                .iter()
+                .find(|gr| gr.streams.contains(&b))
+                .unwrap();
+            let i = g1.groups().partition_point(|gr| gr.range_end < token) % g1.groups().len();
+            assert_eq!(owner.range_end, g1.groups()[i].range_end);
         }
         assert!(t.generation_at(Timestamp(-1)).is_none());
     }
@@ -297,7 +321,7 @@ mod tests {
         let mut rng = Seed(5).rng("t");
         let mut t = Topology::new(2, 8, 2, 12, &[0, 0], Timestamp(0), &mut rng);
         assert!(t.leave(0, Timestamp(1), Timestamp(5_000_000), &mut rng));
-        assert_eq!(t.generations[1].groups.len(), 8);
+        assert_eq!(t.generations[1].groups().len(), 8);
         assert!(!t.leave(1, Timestamp(2), Timestamp(9_000_000), &mut rng));
         assert!(!t.leave(7, Timestamp(2), Timestamp(9_000_000), &mut rng));
         assert_eq!(t.generations.len(), 2);

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use super::{Client, ClusterState, QueryKind, SimCluster, ms};
 use crate::cdc::{LogPage, PageState, StreamGroup, StreamId};
 use crate::history::{CheckpointWhat, OpKind};
-use crate::model::{Cursor, OutboxEvent, Timestamp};
+use crate::model::{AggregateId, Cursor, OutboxEvent, Timestamp};
 use crate::ports::{
     CheckpointStore, Clock, Committed, LocalFuture, OrderBatch, OutboxStore, ScanFrom, StoreError,
 };
@@ -111,6 +111,10 @@ impl OutboxStore for SimStore {
         true
     }
 
+    fn prepare_write(&self, order: AggregateId) {
+        self.cluster.state().prefetch_write(order);
+    }
+
     fn write_settled(
         &self,
         batch: OrderBatch,
@@ -191,7 +195,7 @@ impl OutboxStore for SimStore {
                 .generations
                 .iter()
                 .find(|gn| gn.start == g && gn.announced_at <= now)
-                .map(|gn| gn.groups.clone())
+                .map(|gn| gn.groups().to_vec())
                 .unwrap_or_default();
             let n = groups.len();
             (groups, n, 1)

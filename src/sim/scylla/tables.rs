@@ -12,6 +12,7 @@ use std::rc::Rc;
 use crate::cdc::{CdcTime, LogPage, LogRow, Operation, PageState, StreamId};
 use crate::model::{AggregateId, Cursor, EventId, Order, OutboxEvent, Timestamp};
 use crate::ports::ScanFrom;
+use crate::table::PrefetchMap;
 
 #[derive(Clone, Debug)]
 struct Stored<T> {
@@ -145,7 +146,7 @@ struct LogEntry {
 pub struct CdcLog {
     // Looked up by id only (reads follow the query's stream list), so a hash map keeps runs
     // deterministic.
-    streams: rustc_hash::FxHashMap<StreamId, SortedRows<(CdcTime, i32), LogEntry>>,
+    streams: PrefetchMap<StreamId, SortedRows<(CdcTime, i32), LogEntry>>,
     rows: usize,
 }
 
@@ -202,7 +203,9 @@ impl CdcLog {
         visible_at: Timestamp,
         expires_at: Timestamp,
     ) {
-        let part = self.streams.entry(stream_id).or_default();
+        let part = self
+            .streams
+            .get_or_insert_with(stream_id, SortedRows::default);
         let fresh = part.insert(
             key,
             Stored {
@@ -213,6 +216,11 @@ impl CdcLog {
         );
         assert!(fresh, "log primary key collision");
         self.rows += 1;
+    }
+
+    /// Starts loading the slot of `stream`'s partition (a hint).
+    pub(crate) fn prefetch_stream(&self, stream: StreamId) {
+        self.streams.prefetch(&stream);
     }
 
     /// Rows stored (including invisible and expired ones not yet purged).
@@ -313,7 +321,7 @@ impl CdcLog {
 #[derive(Debug, Default)]
 pub struct BaseTables {
     /// `orders`, by order id.
-    pub orders: rustc_hash::FxHashMap<AggregateId, Order>,
+    orders: PrefetchMap<AggregateId, Order>,
     /// Orders rows with a TTL, by expiry (an entry is stale if the order was written again).
     order_expiry: BTreeSet<(Timestamp, AggregateId)>,
     /// Each such order's current expiry.
@@ -323,6 +331,21 @@ pub struct BaseTables {
 }
 
 impl BaseTables {
+    /// The `orders` row of `order`.
+    pub fn order(&self, order: &AggregateId) -> Option<&Order> {
+        self.orders.get(order)
+    }
+
+    /// `orders` rows held (expired ones go at the next purge).
+    pub fn order_rows(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Starts loading the `orders` slot of `order` (a hint).
+    pub(crate) fn prefetch_order(&self, order: AggregateId) {
+        self.orders.prefetch(&order);
+    }
+
     /// Upserts an `orders` row; `expires_at` is its TTL's end, if it has one.
     pub fn insert_order(&mut self, order: Order, expires_at: Option<Timestamp>) {
         match expires_at {

@@ -1,17 +1,43 @@
-//! The checker's aggregates, by id: an open-addressing table (linear probing, backward-shift
-//! deletion) of boxed states. Its own table, not a `HashMap`, because the checker asks where a key
-//! *would* be before it looks the key up: it prefetches the slot of an op a few ops ahead, then
-//! the state the slot points to, so the two cache misses of a lookup overlap other work.
+//! A hash map keyed by random 128-bit ids (aggregates, CDC streams) that can be told a key ahead
+//! of its lookup: open addressing with linear probing and backward-shift deletion. Its own table,
+//! not a `HashMap`, because a caller that knows the next key a few steps early can start loading
+//! the key's slot ([`PrefetchMap::prefetch`]), so the cache miss of the lookup overlaps other
+//! work. The big maps of a run (the checker's aggregates, the writer's and the cluster's orders)
+//! are looked up at random, once or twice per event, and each lookup used to be a miss.
+//!
+//! Iteration order is the slots' order, fixed by the keys and the insertion history: the same
+//! run gives the same order, and callers that report in key order sort.
 
+use crate::cdc::StreamId;
 use crate::model::AggregateId;
 use crate::prefetch::prefetch;
 
-/// Aggregate id → boxed `V`.
+/// A key of a [`PrefetchMap`]: an id whose bits are (close to) random.
+pub(crate) trait TableKey: Copy + Eq {
+    /// The id's bits, as two words.
+    fn words(&self) -> (u64, u64);
+}
+
+impl TableKey for AggregateId {
+    fn words(&self) -> (u64, u64) {
+        self.0.as_u64_pair()
+    }
+}
+
+impl TableKey for StreamId {
+    fn words(&self) -> (u64, u64) {
+        let (hi, lo) = self.0.split_at(8);
+        let word = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
+        (word(hi), word(lo))
+    }
+}
+
+/// `K` → `V`, at most half full.
 #[derive(Clone, Debug)]
-pub(super) struct AggregateTable<V> {
+pub(crate) struct PrefetchMap<K, V> {
     /// A power of two long, at most half full (short probe runs: a missing key's run is the
     /// usual case, on every first commit of an order).
-    slots: Vec<Option<(AggregateId, Box<V>)>>,
+    slots: Vec<Option<(K, V)>>,
     len: usize,
     /// `64 − log2(slots.len())`: a hash's top bits pick the home slot.
     shift: u32,
@@ -19,9 +45,9 @@ pub(super) struct AggregateTable<V> {
 
 const MIN_SLOTS: usize = 16;
 
-impl<V> Default for AggregateTable<V> {
+impl<K, V> Default for PrefetchMap<K, V> {
     fn default() -> Self {
-        AggregateTable {
+        PrefetchMap {
             slots: std::iter::repeat_with(|| None).take(MIN_SLOTS).collect(),
             len: 0,
             shift: 64 - MIN_SLOTS.trailing_zeros(),
@@ -29,10 +55,10 @@ impl<V> Default for AggregateTable<V> {
     }
 }
 
-impl<V> AggregateTable<V> {
+impl<K: TableKey, V> PrefetchMap<K, V> {
     /// The slot a key's probe starts at: Fibonacci hashing of both halves of the id.
-    fn home(&self, key: &AggregateId) -> usize {
-        let (hi, lo) = key.0.as_u64_pair();
+    fn home(&self, key: &K) -> usize {
+        let (hi, lo) = key.words();
         ((hi ^ lo.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
@@ -41,7 +67,7 @@ impl<V> AggregateTable<V> {
     }
 
     /// `Ok(slot)` holding `key`, or `Err(slot)`: the empty slot that ends its probe.
-    fn find(&self, key: &AggregateId) -> Result<usize, usize> {
+    fn find(&self, key: &K) -> Result<usize, usize> {
         let mut i = self.home(key);
         loop {
             match &self.slots[i] {
@@ -53,28 +79,30 @@ impl<V> AggregateTable<V> {
     }
 
     /// Entries held.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    /// The state of `key`.
-    pub(super) fn get(&self, key: &AggregateId) -> Option<&V> {
-        let i = self.find(key).ok()?;
-        self.slots[i].as_ref().map(|(_, v)| &**v)
+    /// Whether `key` is held.
+    #[cfg(test)]
+    fn contains_key(&self, key: &K) -> bool {
+        self.find(key).is_ok()
     }
 
-    /// The state of `key`, to change.
-    pub(super) fn get_mut(&mut self, key: &AggregateId) -> Option<&mut V> {
+    /// The value of `key`.
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
         let i = self.find(key).ok()?;
-        self.slots[i].as_mut().map(|(_, v)| &mut **v)
+        self.slots[i].as_ref().map(|(_, v)| v)
     }
 
-    /// The state of `key`, made with `V::default()` if absent.
-    pub(super) fn get_or_default(&mut self, key: AggregateId) -> &mut V
-    where
-        V: Default,
-    {
+    /// The value of `key`, to change.
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let i = self.find(key).ok()?;
+        self.slots[i].as_mut().map(|(_, v)| v)
+    }
+
+    /// The value of `key`, made with `make` if absent.
+    pub(crate) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
         let i = match self.find(&key) {
             Ok(i) => i,
             Err(i) => {
@@ -84,20 +112,24 @@ impl<V> AggregateTable<V> {
                 } else {
                     i
                 };
-                self.slots[i] = Some((key, Box::default()));
+                self.slots[i] = Some((key, make()));
                 self.len += 1;
                 i
             }
         };
-        self.slots[i]
-            .as_mut()
-            .map(|(_, v)| &mut **v)
-            .expect("filled")
+        self.slots[i].as_mut().map(|(_, v)| v).expect("filled")
     }
 
-    /// Takes `key`'s state out. The entries after it in its probe run move back into the gap,
+    /// Sets `key`'s value, returning the old one.
+    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let mut value = Some(value);
+        let slot = self.get_or_insert_with(key, || value.take().expect("once"));
+        value.map(|v| std::mem::replace(slot, v))
+    }
+
+    /// Takes `key`'s value out. The entries after it in its probe run move back into the gap,
     /// so no tombstone is left and a long run's churn never grows the table.
-    pub(super) fn remove(&mut self, key: &AggregateId) -> Option<Box<V>> {
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         let mut gap = self.find(key).ok()?;
         let (_, v) = self.slots[gap].take().expect("found");
         self.len -= 1;
@@ -120,13 +152,31 @@ impl<V> AggregateTable<V> {
         Some(v)
     }
 
-    /// Every entry, in no particular order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&AggregateId, &V)> {
-        self.slots.iter().flatten().map(|(k, v)| (k, &**v))
+    /// Every entry, in slot order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.slots.iter().flatten().map(|(k, v)| (k, v))
     }
 
-    /// Starts loading the slot where `key`'s probe starts.
-    pub(super) fn prefetch_slot(&self, key: &AggregateId) {
+    /// Every value, to change, in slot order.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.slots.iter_mut().flatten().map(|(_, v)| v)
+    }
+
+    /// Keeps the entries `keep` says yes to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        let gone: Vec<K> = self
+            .slots
+            .iter_mut()
+            .flatten()
+            .filter_map(|(k, v)| (!keep(k, v)).then_some(*k))
+            .collect();
+        for k in gone {
+            self.remove(&k);
+        }
+    }
+
+    /// Starts loading the slot where `key`'s probe starts (a hint: changes nothing).
+    pub(crate) fn prefetch(&self, key: &K) {
         prefetch(&self.slots[self.home(key)], 1);
     }
 
@@ -154,12 +204,14 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Step {
         Add(u8, u32),
+        Set(u8, u32),
         Remove(u8),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (any::<u8>(), any::<u32>()).prop_map(|(k, v)| Step::Add(k, v)),
+            (any::<u8>(), any::<u32>()).prop_map(|(k, v)| Step::Set(k, v)),
             any::<u8>().prop_map(Step::Remove),
         ]
     }
@@ -175,20 +227,23 @@ mod tests {
     }
 
     proptest! {
-        /// Adds (adding to a value) and removes in any order: the table holds what a BTreeMap
+        /// Adds (to a value), sets and removes in any order: the table holds what a BTreeMap
         /// holds after the same steps, whatever the collisions and wrap-arounds.
         #[test]
         fn behaves_as_a_map(steps in proptest::collection::vec(step(), 0..400)) {
-            let mut t: AggregateTable<u64> = AggregateTable::default();
+            let mut t: PrefetchMap<AggregateId, u64> = PrefetchMap::default();
             let mut m: BTreeMap<AggregateId, u64> = BTreeMap::new();
             for s in steps {
                 match s {
                     Step::Add(k, v) => {
-                        *t.get_or_default(id(k)) += u64::from(v);
+                        *t.get_or_insert_with(id(k), || 0) += u64::from(v);
                         *m.entry(id(k)).or_default() += u64::from(v);
                     }
+                    Step::Set(k, v) => {
+                        prop_assert_eq!(t.insert(id(k), u64::from(v)), m.insert(id(k), u64::from(v)));
+                    }
                     Step::Remove(k) => {
-                        prop_assert_eq!(t.remove(&id(k)).map(|b| *b), m.remove(&id(k)));
+                        prop_assert_eq!(t.remove(&id(k)), m.remove(&id(k)));
                     }
                 }
                 prop_assert_eq!(t.len(), m.len());
@@ -199,6 +254,7 @@ mod tests {
             prop_assert_eq!(got, m.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>());
             for k in 0..=255u8 {
                 prop_assert_eq!(t.get(&id(k)).copied(), m.get(&id(k)).copied());
+                prop_assert_eq!(t.contains_key(&id(k)), m.contains_key(&id(k)));
             }
         }
     }
