@@ -553,7 +553,8 @@ impl Checker {
     /// Reordering: an aggregate's first records in offset order; one whose seq is below an
     /// earlier one's is reordered.
     fn judge_order(a: &mut Analysis, aggregate: AggregateId, events: &[AggregateEvent]) {
-        let mut firsts: Vec<&AggregateEvent> =
+        // On the stack for an order's usual handful of events.
+        let mut firsts: smallvec::SmallVec<[&AggregateEvent; 4]> =
             events.iter().filter(|e| e.first.is_some()).collect();
         firsts.sort_by_key(|e| e.first);
         let (mut max_seq, mut max_write_ts) = (0, Timestamp::MIN);

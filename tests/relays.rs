@@ -259,7 +259,9 @@ fn resume_from(
     let mut sim = small_sim(24);
     let t0 = sim.now();
     let checkpoints = sim.checkpoints(1);
-    let groups = sim.cluster().state().topology.generations[0].groups().to_vec();
+    let groups = sim.cluster().state().topology.generations[0]
+        .groups()
+        .to_vec();
     let g0 = sim.cluster().state().topology.generations[0].start;
     let g = groups.clone();
     let seed = sim.spawn("seed", async move {

@@ -26,6 +26,19 @@ pub struct Node {
     pub tokens: Vec<i64>,
 }
 
+/// `stream_for` finds a token's group starting from its bucket: the token's top bits.
+const BUCKET_BITS: u32 = 12;
+
+/// The bucket of a token; buckets are in token order.
+fn bucket_of(token: i64) -> usize {
+    ((token as u64 ^ 1 << 63) >> (64 - BUCKET_BITS)) as usize
+}
+
+/// The lowest token of bucket `b`.
+fn bucket_start(b: u64) -> i64 {
+    ((b << (64 - BUCKET_BITS)) ^ 1 << 63) as i64
+}
+
 /// One CDC generation.
 #[derive(Clone, Debug)]
 pub struct Generation {
@@ -36,9 +49,11 @@ pub struct Generation {
     /// One group per vnode, sorted by `range_end`.
     groups: Vec<StreamGroup>,
     /// The same groups laid flat for [`stream_for`](Self::stream_for), which runs on every
-    /// write: the range ends alone (a bisection touches a few lines of them), and every stream
-    /// in one vector, group after group, with each group's first index and count.
+    /// write: the range ends alone, where to start looking among them by a token's top bits
+    /// (so a lookup scans a step or two instead of bisecting), and every stream in one vector,
+    /// group after group, with each group's first index and count.
     ends: Vec<i64>,
+    start_by_bucket: Vec<u32>,
     spans: Vec<(u32, u32)>,
     streams: Vec<StreamId>,
     ignore_msb: u32,
@@ -81,10 +96,15 @@ impl Generation {
             spans.push((streams.len() as u32, g.streams.len() as u32));
             streams.extend_from_slice(&g.streams);
         }
+        let ends: Vec<i64> = groups.iter().map(|g| g.range_end).collect();
+        let start_by_bucket = (0..1u64 << BUCKET_BITS)
+            .map(|b| ends.partition_point(|end| *end < bucket_start(b)) as u32)
+            .collect();
         Generation {
             start,
             announced_at,
-            ends: groups.iter().map(|g| g.range_end).collect(),
+            ends,
+            start_by_bucket,
             spans,
             streams,
             groups,
@@ -99,7 +119,10 @@ impl Generation {
 
     /// The stream a partition with this token writes to.
     pub fn stream_for(&self, token: i64) -> StreamId {
-        let i = self.ends.partition_point(|end| *end < token);
+        let mut i = self.start_by_bucket[bucket_of(token)] as usize;
+        while self.ends.get(i).is_some_and(|end| *end < token) {
+            i += 1;
+        }
         let (first, count) = self.spans[if i == self.ends.len() { 0 } else { i }];
         let shard = shard_of(token, count, self.ignore_msb);
         self.streams[(first + shard) as usize]
@@ -236,6 +259,39 @@ mod tests {
             Timestamp(0),
             rng,
         )
+    }
+
+    /// The bucketed lookup finds the group a bisection of the groups finds (the first whose end
+    /// is ≥ the token, wrapping past the last), for the ring's edges, every range end and its
+    /// neighbours, bucket boundaries, and random tokens; for rings of 1 to 1,000 vnodes.
+    #[test]
+    fn stream_for_finds_the_group_a_bisection_finds() {
+        let mut rng = Seed(3).rng("t");
+        for vnodes in [1usize, 2, 7, 768, 1_000] {
+            let ring: Vec<(i64, u32)> = (0..vnodes).map(|_| (rng.random(), 3)).collect();
+            let g = Generation::build(Timestamp(0), Timestamp(0), &ring, 12, &mut rng);
+            let bisect = |token: i64| {
+                let i = g.groups.partition_point(|gr| gr.range_end < token);
+                let group = &g.groups[if i == g.groups.len() { 0 } else { i }];
+                let shard = shard_of(token, group.streams.len() as u32, g.ignore_msb);
+                group.streams[shard as usize]
+            };
+            let mut tokens = vec![i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX];
+            for gr in &g.groups {
+                tokens.extend([
+                    gr.range_end.saturating_sub(1),
+                    gr.range_end,
+                    gr.range_end.saturating_add(1),
+                ]);
+            }
+            for b in 0..1u64 << BUCKET_BITS {
+                tokens.extend([bucket_start(b), bucket_start(b).wrapping_sub(1)]);
+            }
+            tokens.extend((0..10_000).map(|_| rng.random::<i64>()));
+            for t in tokens {
+                assert_eq!(g.stream_for(t), bisect(t), "token {t}, {vnodes} vnodes");
+            }
+        }
     }
 
     #[test]
