@@ -287,7 +287,10 @@ async fn drive_writes(
                     end
                 };
                 summary.orders += 1;
-                (writer.new_order(), EventType::OrderCreated)
+                let order = writer.new_order();
+                // Its write starts once the admission is over: a little time to load its slots.
+                writer.prepare(order);
+                (order, EventType::OrderCreated)
             } else {
                 break;
             };
