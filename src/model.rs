@@ -104,36 +104,6 @@ pub struct EventId(pub Uuid);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AggregateId(pub Uuid);
 
-/// Two lowercase hex digits for each byte value.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    let digits = b"0123456789abcdef";
-    let mut t = [[0u8; 2]; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = [digits[b >> 4], digits[b & 0xf]];
-        b += 1;
-    }
-    t
-};
-
-/// Where each byte's two digits go in the 8-4-4-4-12 text.
-const HEX_AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-
-impl AggregateId {
-    /// The id's text as bytes (the Kafka record key, which the partitioner hashes): lowercase
-    /// hex, hyphenated, as `Display` writes it. A table lookup per byte, at constant places:
-    /// this runs for every simulated publish.
-    pub fn text_bytes(&self) -> [u8; 36] {
-        let mut out = [b'-'; 36];
-        for (byte, at) in self.0.as_bytes().iter().zip(HEX_AT) {
-            let [hi, lo] = HEX_PAIRS[usize::from(*byte)];
-            out[at] = hi;
-            out[at + 1] = lo;
-        }
-        out
-    }
-}
-
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -265,19 +235,6 @@ pub struct Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn id_text_is_what_display_writes() {
-        // Every byte value at every position.
-        for start in 0..=255u8 {
-            let bytes: [u8; 16] = std::array::from_fn(|i| start.wrapping_add(i as u8 * 17));
-            let id = AggregateId(Uuid::from_bytes(bytes));
-            assert_eq!(
-                std::str::from_utf8(&id.text_bytes()).unwrap(),
-                id.to_string()
-            );
-        }
-    }
 
     #[test]
     fn timestamp_arithmetic_saturates_and_floors() {

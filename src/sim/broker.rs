@@ -490,8 +490,9 @@ impl SimProducer {
     fn begin(&self, event: &OutboxEvent) -> Send {
         let cfg = self.broker.config();
         // The key's text, encoded on the stack (the record derives it again on demand).
-        let key = event.aggregate_id.text_bytes();
-        let partition = partition_for(&key, cfg.partitions);
+        let mut key = uuid::Uuid::encode_buffer();
+        let key = event.aggregate_id.0.hyphenated().encode_lower(&mut key);
+        let partition = partition_for(key.as_bytes(), cfg.partitions);
         let seq = {
             let mut seqs = self.next_seq.borrow_mut();
             if seqs.len() <= partition as usize {
