@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::ops::{Add, Sub};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -218,7 +218,7 @@ pub struct OutboxEvent {
     /// What happened.
     pub event_type: EventType,
     /// The event body as JSON text.
-    pub payload: Arc<str>,
+    pub payload: Rc<str>,
     /// The write timestamp of the batch that created the row.
     pub created_at: Timestamp,
 }

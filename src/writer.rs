@@ -12,7 +12,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -164,7 +163,7 @@ fn payload_json(
     event_type: EventType,
     seq: u64,
     amount_cents: u32,
-) -> Arc<str> {
+) -> Rc<str> {
     let mut amount = itoa::Buffer::new();
     let amount = amount.format(amount_cents);
     let mut seq_text = itoa::Buffer::new();
@@ -187,7 +186,7 @@ fn payload_json(
     for p in parts {
         out.push_str(p);
     }
-    Arc::from(out.as_str())
+    Rc::from(out.as_str())
 }
 
 /// Whether an order's lifecycle ends with this event.

@@ -4,7 +4,7 @@
 //! left unexplained.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use outbox_sim::check::analyze;
@@ -40,7 +40,7 @@ fn events(n_aggregates: usize, per_aggregate: u64) -> Vec<OutboxEvent> {
                 } else {
                     EventType::OrderPaid
                 },
-                payload: Arc::from(format!("{{\"seq\":{seq}}}")),
+                payload: Rc::from(format!("{{\"seq\":{seq}}}")),
                 created_at: SIM_EPOCH.offset_micros(seq as i64),
             });
         }

@@ -169,7 +169,36 @@ impl CDCCheckpointSaver for MonotonicSaver {
 }
 
 /// A row handed to the smol side, with the channel its acknowledgement goes back on.
-type Handoff = (OutboxEvent, async_channel::Sender<Result<(), PublishError>>);
+type Handoff = (RowEvent, async_channel::Sender<Result<(), PublishError>>);
+
+/// An outbox event read from a CDC row, on its way from the library's (tokio) side to the
+/// relay's. [`OutboxEvent`] shares its payload through a single-threaded `Rc`, so the payload
+/// crosses as a `String` and the event is built on the relay's side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowEvent {
+    id: EventId,
+    aggregate_type: String,
+    aggregate_id: AggregateId,
+    seq: u64,
+    event_type: EventType,
+    payload: String,
+    created_at: Timestamp,
+}
+
+impl RowEvent {
+    /// The event as the relay publishes it.
+    pub fn into_event(self) -> OutboxEvent {
+        OutboxEvent {
+            id: self.id,
+            aggregate_type: self.aggregate_type.into(),
+            aggregate_id: self.aggregate_id,
+            seq: self.seq,
+            event_type: self.event_type,
+            payload: self.payload.into(),
+            created_at: self.created_at,
+        }
+    }
+}
 
 /// Rows that were not outbox inserts, or lacked a column, with the reason.
 pub type DeadLetters = Arc<Mutex<Vec<String>>>;
@@ -190,7 +219,7 @@ impl ConsumerFactory for Forward {
 }
 
 /// Reads the outbox columns of a CDC row.
-pub fn event_from_row(row: &mut CDCRow<'_>) -> Result<OutboxEvent, String> {
+pub fn event_from_row(row: &mut CDCRow<'_>) -> Result<RowEvent, String> {
     if !matches!(
         row.operation,
         OperationType::RowInsert | OperationType::RowUpdate
@@ -230,14 +259,14 @@ pub fn event_from_row(row: &mut CDCRow<'_>) -> Result<OutboxEvent, String> {
             ));
         }
     };
-    Ok(OutboxEvent {
+    Ok(RowEvent {
         id: EventId(id),
-        aggregate_type: aggregate_type.into(),
+        aggregate_type,
         aggregate_id: AggregateId(aggregate),
         seq,
         event_type: EventType::parse(&event_type)
             .ok_or_else(|| format!("column event_type: unknown {event_type:?}"))?,
-        payload: payload.into(),
+        payload,
         created_at,
     })
 }
@@ -385,7 +414,8 @@ impl Relay for LibraryRelay {
                 .await
                 .map_err(|e| RelayError::Other(format!("CDCLogReader: {e:#}")))?;
             let publish = async {
-                while let Ok((event, ack)) = rx.recv().await {
+                while let Ok((row, ack)) = rx.recv().await {
+                    let event = row.into_event();
                     let r = ctx.publisher.publish(&event).await.map(drop);
                     let _ = ack.send(r).await;
                 }

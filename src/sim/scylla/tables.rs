@@ -220,7 +220,9 @@ impl CdcLog {
 
     /// Starts loading the slot of `stream`'s partition (a hint).
     pub(crate) fn prefetch_stream(&self, stream: StreamId) {
-        self.streams.prefetch(&stream);
+        if let Some(back) = self.streams.get(&stream).and_then(|p| p.rows.back()) {
+            crate::prefetch::prefetch(back, 3);
+        }
     }
 
     /// Rows stored (including invisible and expired ones not yet purged).
@@ -440,7 +442,6 @@ mod tests {
     use super::*;
     use crate::cdc::Operation;
     use crate::model::EventType;
-    use std::sync::Arc;
 
     fn event(n: u8, at: i64) -> OutboxEvent {
         OutboxEvent {
@@ -449,7 +450,7 @@ mod tests {
             aggregate_id: AggregateId(uuid::Uuid::from_bytes([n; 16])),
             seq: 1,
             event_type: EventType::OrderCreated,
-            payload: Arc::from("{}"),
+            payload: Rc::from("{}"),
             created_at: Timestamp(at),
         }
     }
