@@ -217,7 +217,9 @@ pub struct OutboxEvent {
     pub seq: u64,
     /// What happened.
     pub event_type: EventType,
-    /// The event body as JSON text.
+    /// The event body as JSON text, shared by the event's copies. Not atomically counted: an
+    /// event lives on one thread (the live CDC relay's rows cross threads as
+    /// `live::scylla_cdc::RowEvent`).
     pub payload: Rc<str>,
     /// The write timestamp of the batch that created the row.
     pub created_at: Timestamp,

@@ -158,12 +158,7 @@ impl fmt::Debug for OrderWriter {
 /// The event's JSON payload, keys in order, assembled on the stack and copied once into its
 /// shared buffer (no formatting machinery, no intermediate `String`: this runs once per
 /// simulated event).
-fn payload_json(
-    order: AggregateId,
-    event_type: EventType,
-    seq: u64,
-    amount_cents: u32,
-) -> Rc<str> {
+fn payload_json(order: AggregateId, event_type: EventType, seq: u64, amount_cents: u32) -> Rc<str> {
     let mut amount = itoa::Buffer::new();
     let amount = amount.format(amount_cents);
     let mut seq_text = itoa::Buffer::new();
