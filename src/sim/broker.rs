@@ -635,6 +635,11 @@ enum Step {
     Resume(Timestamp),
 }
 
+/// How many events ahead [`PublishAll`] starts loading a payload's reference count. The append
+/// copies the event, and so counts a reference to its payload; the relay's read last touched
+/// that count a whole page of rows before, so it is out of the cache by then.
+const PAYLOAD_AHEAD: usize = 8;
+
 /// `join_all` of up to this many futures polls every one on each wake, in order; of more, only
 /// the woken ones, in the order they were woken (futures-util's `SMALL`).
 const JOIN_ALL_SMALL: usize = 30;
@@ -697,6 +702,9 @@ impl std::future::Future for PublishAll<'_> {
         let this = &mut *self;
         if this.sends.is_empty() && !this.events.is_empty() {
             for i in 0..this.events.len() {
+                if let Some(e) = this.events.get(i + PAYLOAD_AHEAD) {
+                    crate::prefetch::prefetch_counts(&e.payload);
+                }
                 let send = this.producer.begin(&this.events[i]);
                 this.sends.push(send);
                 this.run(i, cx);

@@ -12,7 +12,12 @@ use std::rc::Rc;
 use crate::cdc::{CdcTime, LogPage, LogRow, Operation, PageState, StreamId};
 use crate::model::{AggregateId, Cursor, EventId, Order, OutboxEvent, Timestamp};
 use crate::ports::ScanFrom;
+use crate::prefetch::{prefetch, prefetch_counts};
 use crate::table::PrefetchMap;
+
+/// How many rows ahead a scan starts loading what copying a row's event reads (see
+/// [`BaseTables::scan`]).
+const ROWS_AHEAD: usize = 8;
 
 #[derive(Clone, Debug)]
 struct Stored<T> {
@@ -105,7 +110,11 @@ impl<K: Ord + Copy, V> SortedRows<K, V> {
 
     /// Rows with keys in `(lo, hi)`, in key order (both ends found by bisection, so the caller
     /// knows the count up front).
-    fn range(&self, lo: Bound<K>, hi: Bound<K>) -> impl ExactSizeIterator<Item = &(K, Stored<V>)> {
+    fn range(
+        &self,
+        lo: Bound<K>,
+        hi: Bound<K>,
+    ) -> impl ExactSizeIterator<Item = &(K, Stored<V>)> + Clone {
         let start = match lo {
             Bound::Included(k) => self.rows.partition_point(|(r, _)| *r < k),
             Bound::Excluded(k) => self.rows.partition_point(|(r, _)| *r <= k),
@@ -403,10 +412,22 @@ impl BaseTables {
         // Sized for every row in range (a few unreadable ones aside): a poll's page is
         // thousands of rows, and growing the vector would copy them again and again.
         let mut out = Vec::with_capacity(rows.len());
-        out.extend(
-            rows.filter(|(_, s)| s.readable(now))
-                .map(|(_, s)| OutboxEvent::clone(&s.value)),
-        );
+        // A copy reads the row's event and counts a reference to its payload, two lines last
+        // touched when the row was written: start loading the event two steps ahead, and the
+        // payload's count, found through the event, one step ahead.
+        let mut events_ahead = rows.clone().skip(2 * ROWS_AHEAD);
+        let mut payloads_ahead = rows.clone().skip(ROWS_AHEAD);
+        for (_, s) in rows {
+            if let Some((_, a)) = events_ahead.next() {
+                prefetch(Rc::as_ptr(&a.value), size_of::<OutboxEvent>().div_ceil(64));
+            }
+            if let Some((_, a)) = payloads_ahead.next() {
+                prefetch_counts(&a.value.payload);
+            }
+            if s.readable(now) {
+                out.push(OutboxEvent::clone(&s.value));
+            }
+        }
         out
     }
 
