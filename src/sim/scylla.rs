@@ -485,6 +485,9 @@ impl ClusterState {
                 "cdc: could not find any CDC stream".into(),
             ));
         };
+        // The log row goes in last; its partition's newest row loads meanwhile.
+        let stream_id = self.stream_of(gen_idx, batch.event.aggregate_id);
+        self.log.prefetch_newest(stream_id);
         let past_limit = self.config.past_write_limit_ms.saturating_mul(1_000);
         if coordinator_now.micros_since(ts) >= past_limit
             && self.topology.generation_index_at(coordinator_now) != Some(gen_idx)
@@ -509,7 +512,6 @@ impl ClusterState {
             created_at: ts,
             ..batch.event
         });
-        let stream_id = self.stream_of(gen_idx, event.aggregate_id);
         let time = CdcTime {
             micros: ts.0,
             lsb: self.rng.random(),

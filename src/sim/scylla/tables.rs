@@ -229,8 +229,15 @@ impl CdcLog {
 
     /// Starts loading the slot of `stream`'s partition (a hint).
     pub(crate) fn prefetch_stream(&self, stream: StreamId) {
+        self.streams.prefetch(&stream);
+    }
+
+    /// Starts loading the newest row of `stream`'s partition and the room after it, which an
+    /// append compares its key with and writes to (a hint; finds the partition's slot, so best
+    /// after [`prefetch_stream`](Self::prefetch_stream)).
+    pub(crate) fn prefetch_newest(&self, stream: StreamId) {
         if let Some(back) = self.streams.get(&stream).and_then(|p| p.rows.back()) {
-            crate::prefetch::prefetch(back, 3);
+            prefetch(back, 3);
         }
     }
 
