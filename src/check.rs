@@ -217,6 +217,11 @@ struct AggregateState {
     tracked: u32,
 }
 
+/// How far ahead the checker loads the state of an aggregate it looks up. A lookup is two
+/// dependent cache misses (the table's slot, then the state it points to): the slot's load
+/// starts two steps ahead, the state's one step ahead.
+const STEP: usize = 8;
+
 /// The aggregate an op looks up in the checker's table.
 fn aggregate_of(op: &Op) -> Option<&AggregateId> {
     match &op.kind {
@@ -295,9 +300,6 @@ impl Checker {
     /// Observes `ops` in order, exactly as [`observe`](Self::observe) one by one, with the state
     /// of the aggregate a few ops ahead fetched into the cache meanwhile.
     pub fn observe_all(&mut self, ops: &[Op]) {
-        // Each lookup is two dependent cache misses (the table's slot, then the state it
-        // points to): start the slot's load two steps ahead, the state's one step ahead.
-        const STEP: usize = 8;
         for (k, op) in ops.iter().enumerate() {
             if let Some(aggregate) = ops.get(k + 2 * STEP).and_then(aggregate_of) {
                 self.aggregates.prefetch(aggregate);
@@ -751,8 +753,12 @@ impl Checker {
         let mut aggregates: Vec<(&AggregateId, &Box<AggregateState>)> =
             self.aggregates.iter().collect();
         aggregates.sort_unstable_by_key(|(id, _)| id.0.as_u128());
-        for (id, m) in aggregates {
-            Self::judge_order(&mut a, *id, &m.events);
+        // In id order the states are at random places: load each a few aggregates ahead.
+        for (k, (id, m)) in aggregates.iter().enumerate() {
+            if let Some((_, ahead)) = aggregates.get(k + STEP) {
+                crate::prefetch::prefetch(&***ahead, size_of::<AggregateState>().div_ceil(64));
+            }
+            Self::judge_order(&mut a, **id, &m.events);
         }
         for id in self.orphans.keys() {
             a.phantom += 1;

@@ -276,10 +276,13 @@ pub struct ClusterState {
     rng: SimRng,
     /// Ring and generations.
     pub topology: Topology,
+    /// `outbox_messages_scylla_cdc_log`. Declared (so dropped) before the tables: its rows share
+    /// their events with the outbox rows, and are spread over thousands of partitions. Dropped
+    /// first, each row only releases its share; the outbox, in write order, then frees the
+    /// events and their payloads in the order they were allocated.
+    pub log: CdcLog,
     /// `orders` and `outbox_messages`.
     pub tables: BaseTables,
-    /// `outbox_messages_scylla_cdc_log`.
-    pub log: CdcLog,
     /// The relay checkpoint table.
     pub checkpoints: CheckpointTable,
     /// Injected faults.
