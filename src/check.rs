@@ -220,7 +220,7 @@ struct AggregateState {
 /// How far ahead the checker loads the state of an aggregate it looks up. A lookup is two
 /// dependent cache misses (the table's slot, then the state it points to): the slot's load
 /// starts two steps ahead, the state's one step ahead.
-const STEP: usize = 8;
+pub(crate) const STEP: usize = 8;
 
 /// The aggregate an op looks up in the checker's table.
 fn aggregate_of(op: &Op) -> Option<&AggregateId> {
@@ -300,7 +300,14 @@ impl Checker {
     /// Observes `ops` in order, exactly as [`observe`](Self::observe) one by one, with the state
     /// of the aggregate a few ops ahead fetched into the cache meanwhile.
     pub fn observe_all(&mut self, ops: &[Op]) {
-        for (k, op) in ops.iter().enumerate() {
+        self.observe_ahead(ops, ops.len());
+    }
+
+    /// Observes the first `n` of `ops`, as [`observe_all`](Self::observe_all) does; the rest
+    /// only have their aggregate's state fetched, to be observed next (the caller keeps them).
+    /// A caller that shows ops in batches thus keeps the fetches going across batches.
+    pub fn observe_ahead(&mut self, ops: &[Op], n: usize) {
+        for (k, op) in ops[..n].iter().enumerate() {
             if let Some(aggregate) = ops.get(k + 2 * STEP).and_then(aggregate_of) {
                 self.aggregates.prefetch(aggregate);
             }

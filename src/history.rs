@@ -167,15 +167,19 @@ struct Inner {
 }
 
 /// Ops recorded but not yet shown to the checker: it takes them in batches, so it can fetch the
-/// state an op needs a few ops ahead (see [`Checker::observe_all`]).
-const PENDING: usize = 64;
+/// state an op needs a few ops ahead (see [`Checker::observe_ahead`]). A full batch is shown
+/// but for its last ops, whose states are being fetched: they lead the next batch.
+const PENDING: usize = 64 + AHEAD;
+const AHEAD: usize = 2 * crate::check::STEP;
 
 impl Inner {
-    fn flush(&mut self) {
-        self.checker.observe_all(&self.pending);
+    /// Shows the checker every pending op but the last `keep`.
+    fn flush(&mut self, keep: usize) {
+        let n = self.pending.len().saturating_sub(keep);
+        self.checker.observe_ahead(&self.pending, n);
         match &mut self.ops {
-            Some(ops) => ops.append(&mut self.pending),
-            None => self.pending.clear(),
+            Some(ops) => ops.extend(self.pending.drain(..n)),
+            None => drop(self.pending.drain(..n)),
         }
     }
 }
@@ -234,7 +238,7 @@ impl History {
         inner.len += 1;
         inner.pending.push(op);
         if inner.pending.len() == PENDING {
-            inner.flush();
+            inner.flush(AHEAD);
         }
     }
 
@@ -243,7 +247,7 @@ impl History {
     /// is held).
     fn flush(&self) {
         if !self.inner.borrow().pending.is_empty() {
-            self.inner.borrow_mut().flush();
+            self.inner.borrow_mut().flush(0);
         }
     }
 
@@ -307,14 +311,17 @@ mod tests {
     use uuid::Uuid;
 
     /// The checker takes ops in batches, yet whatever reads the history sees every op recorded
-    /// so far: after each of 167 ops (two batches and a part), the analysis, the tracked count
-    /// and the ops are those of the whole prefix.
+    /// so far: after each of 167 ops, the analysis, the tracked count and the ops are those of
+    /// the whole prefix. A second history, read only at the end, takes the same ops in full
+    /// batches (each keeping its last ops for the next) and ends with the same analysis.
     #[test]
     fn readers_see_every_op_recorded_so_far() {
         let h = History::new();
+        let unread = History::new();
         let mut ops = Vec::new();
         let mut record = |at: i64, kind: OpKind| {
             h.record(Timestamp(at), kind.clone());
+            unread.record(Timestamp(at), kind.clone());
             ops.push(Op {
                 at: Timestamp(at),
                 kind,
@@ -360,5 +367,12 @@ mod tests {
         let unpublished = 34;
         assert_eq!(h.analysis().lost, unpublished);
         assert_eq!(h.tracked_events(), 100);
+        assert!(
+            h.len() > 2 * PENDING,
+            "the unread history filled two batches"
+        );
+        assert_eq!(unread.analysis(), h.analysis());
+        assert_eq!(*unread.ops(), *h.ops());
+        assert_eq!(unread.digest(), h.digest());
     }
 }
