@@ -239,6 +239,21 @@ impl PartitionLog {
     }
 }
 
+impl Drop for PartitionLog {
+    /// Releasing a record releases its payload, whose count was last touched when the record
+    /// was appended: start loading the counts a few records ahead.
+    fn drop(&mut self) {
+        for chunk in &mut self.chunks {
+            while let Some(r) = chunk.pop_front() {
+                if let Some(ahead) = chunk.get(PAYLOAD_AHEAD) {
+                    crate::prefetch::prefetch_counts(&ahead.value.payload);
+                }
+                drop(r);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct BrokerState {
     config: BrokerConfig,
