@@ -220,7 +220,7 @@ struct AggregateState {
 /// How far ahead the checker loads the state of an aggregate it looks up. A lookup is two
 /// dependent cache misses (the table's slot, then the state it points to): the slot's load
 /// starts two steps ahead, the state's one step ahead.
-pub(crate) const STEP: usize = 8;
+const STEP: usize = crate::prefetch::AHEAD;
 
 /// The aggregate an op looks up in the checker's table.
 fn aggregate_of(op: &Op) -> Option<&AggregateId> {

@@ -170,7 +170,7 @@ struct Inner {
 /// state an op needs a few ops ahead (see [`Checker::observe_ahead`]). A full batch is shown
 /// but for its last ops, whose states are being fetched: they lead the next batch.
 const PENDING: usize = 64 + AHEAD;
-const AHEAD: usize = 2 * crate::check::STEP;
+const AHEAD: usize = 2 * crate::prefetch::AHEAD;
 
 impl Inner {
     /// Shows the checker every pending op but the last `keep`.

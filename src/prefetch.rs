@@ -1,6 +1,12 @@
 //! A software prefetch: a hint to start loading a cache line, for lookups whose keys are known
 //! some steps before they are needed.
 
+/// How many items ahead a loop starts loading what a later item will read: about the work of
+/// eight items covers a miss to memory. A load that needs a line it must load first (a slot,
+/// then the state it points to) starts the first line `2 * AHEAD` items ahead and the second
+/// `AHEAD` ahead.
+pub(crate) const AHEAD: usize = 8;
+
 /// Starts loading the `lines` cache lines from `ptr` into the cache, without waiting for them.
 #[inline(always)]
 pub(crate) fn prefetch<T>(ptr: *const T, lines: usize) {

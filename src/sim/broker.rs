@@ -650,10 +650,10 @@ enum Step {
     Resume(Timestamp),
 }
 
-/// How many events ahead [`PublishAll`] starts loading a payload's reference count. The append
-/// copies the event, and so counts a reference to its payload; the relay's read last touched
-/// that count a whole page of rows before, so it is out of the cache by then.
-const PAYLOAD_AHEAD: usize = 8;
+/// [`PublishAll`] starts loading a payload's reference count this many events ahead. The
+/// append copies the event, and so counts a reference to its payload; the relay's read last
+/// touched that count a whole page of rows before, so it is out of the cache by then.
+const PAYLOAD_AHEAD: usize = crate::prefetch::AHEAD;
 
 /// `join_all` of up to this many futures polls every one on each wake, in order; of more, only
 /// the woken ones, in the order they were woken (futures-util's `SMALL`).

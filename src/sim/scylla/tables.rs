@@ -12,12 +12,8 @@ use std::rc::Rc;
 use crate::cdc::{CdcTime, LogPage, LogRow, Operation, PageState, StreamId};
 use crate::model::{AggregateId, Cursor, EventId, Order, OutboxEvent, Timestamp};
 use crate::ports::ScanFrom;
-use crate::prefetch::{prefetch, prefetch_counts};
+use crate::prefetch::{AHEAD, prefetch, prefetch_counts};
 use crate::table::PrefetchMap;
-
-/// How many rows ahead a scan starts loading what copying a row's event reads (see
-/// [`BaseTables::scan`]).
-const ROWS_AHEAD: usize = 8;
 
 #[derive(Clone, Debug)]
 struct Stored<T> {
@@ -422,8 +418,8 @@ impl BaseTables {
         // A copy reads the row's event and counts a reference to its payload, two lines last
         // touched when the row was written: start loading the event two steps ahead, and the
         // payload's count, found through the event, one step ahead.
-        let mut events_ahead = rows.clone().skip(2 * ROWS_AHEAD);
-        let mut payloads_ahead = rows.clone().skip(ROWS_AHEAD);
+        let mut events_ahead = rows.clone().skip(2 * AHEAD);
+        let mut payloads_ahead = rows.clone().skip(AHEAD);
         for (_, s) in rows {
             if let Some((_, a)) = events_ahead.next() {
                 prefetch(Rc::as_ptr(&a.value), size_of::<OutboxEvent>().div_ceil(64));
