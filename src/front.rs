@@ -295,12 +295,15 @@ fn serve(
         }
         while let Ok(c) = cmd.recv().await {
             match c {
+                // At the true time, not a floored one: the cluster records the change in the
+                // history, whose times never go back, and a write may have been recorded within
+                // this millisecond. The generation's start is whole milliseconds anyway.
                 Command::JoinNode(reply) => {
-                    let start = cluster.join_node(WallClock.now().floor_ms());
+                    let start = cluster.join_node(WallClock.now());
                     let _ = reply.send(start.as_millis()).await;
                 }
                 Command::LeaveNode(reply) => {
-                    let start = cluster.leave_node(WallClock.now().floor_ms());
+                    let start = cluster.leave_node(WallClock.now());
                     let _ = reply.send(start.map(|s| s.as_millis())).await;
                 }
                 Command::ForgetPrepared => shared.prepared.borrow_mut().clear(),
